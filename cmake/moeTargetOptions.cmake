@@ -1,0 +1,25 @@
+# Flags for moe's own executables (tests, examples, benchmarks) — never put on the INTERFACE target,
+# so consumers keep their own warning and optimisation choices.
+function(moe_target_options target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+  if(MOE_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+  if(MOE_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=all
+                                              -fno-omit-frame-pointer)
+    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+  endif()
+  target_link_libraries(${target} PRIVATE moe::moe)
+endfunction()
+
+# Benchmarks measure this machine: compile them for its CPU. GCC 12's AVX-512 intrinsic headers
+# raise a false -Wmaybe-uninitialized inside avx512fintrin.h (GCC bug 105593), not in our code.
+function(moe_native_options target)
+  if(MOE_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      target_compile_options(${target} PRIVATE -Wno-maybe-uninitialized)
+    endif()
+  endif()
+endfunction()

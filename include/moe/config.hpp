@@ -1,0 +1,49 @@
+// moe — configuration, macros and the error type. Every MOE_ macro is defined here.
+#pragma once
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#define MOE_VERSION_MAJOR 0
+#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_PATCH 0
+
+// Math shared by host and device code (softmax, SiLU, top-k over N values) is written once and
+// annotated MOE_HOST_DEVICE; it expands to nothing unless compiled by nvcc.
+#if defined(__CUDACC__)
+#define MOE_HOST_DEVICE __host__ __device__
+#else
+#define MOE_HOST_DEVICE
+#endif
+
+namespace moe {
+
+/// The one exception type the library throws. The message names the problem (which argument,
+/// which shape, which tensor) and the source location of the failed check.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+namespace detail {
+[[noreturn]] inline void throw_error(const char* file, int line, const std::string& msg) {
+  std::ostringstream os;
+  os << "moe: " << msg << " [" << file << ":" << line << "]";
+  throw Error(os.str());
+}
+}  // namespace detail
+
+}  // namespace moe
+
+/// MOE_CHECK(cond, msg): throws moe::Error with `msg` (a stream expression, e.g.
+/// "k=" << k << " exceeds N=" << n) and the file and line when `cond` is false.
+/// Host code only; device code never throws.
+#define MOE_CHECK(cond, msg)                                      \
+  do {                                                            \
+    if (!(cond)) {                                                \
+      std::ostringstream moe_check_os_;                           \
+      moe_check_os_ << msg;                                       \
+      ::moe::detail::throw_error(__FILE__, __LINE__, moe_check_os_.str()); \
+    }                                                             \
+  } while (0)

@@ -1,0 +1,135 @@
+// moe — the SwiGLU feed-forward network, paper formulas (1) and (4).
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "moe/config.hpp"
+#include "moe/math.hpp"
+#include "moe/thread_pool.hpp"
+#include "moe/types.hpp"
+
+namespace moe {
+
+/// Non-owning view of one SwiGLU FFN (dense, formula 1, or one expert, formula 4), math
+/// orientation, column-major: gate, up: d x m; down: m x d. These are the bytes of Hugging Face's
+/// gate_proj/up_proj.weight [m, d] and down_proj.weight [d, m] as stored, so a view over a
+/// checkpoint needs no copy. The memory must outlive the view.
+template <class T>
+struct FfnWeightsView {
+  ConstColMap<T> gate;  ///< W_gate, d x m
+  ConstColMap<T> up;    ///< W_up,   d x m
+  ConstColMap<T> down;  ///< W_down, m x d
+
+  FfnWeightsView(const T* gate_data, const T* up_data, const T* down_data, Index model_dim,
+                 Index hidden_dim)
+      : gate(gate_data, model_dim, hidden_dim),
+        up(up_data, model_dim, hidden_dim),
+        down(down_data, hidden_dim, model_dim) {
+    MOE_CHECK(model_dim > 0 && hidden_dim > 0,
+              "FFN dimensions must be positive, got d=" << model_dim << " m=" << hidden_dim);
+    MOE_CHECK(gate_data && up_data && down_data, "FFN weight pointer is null");
+  }
+
+  Index model_dim() const { return gate.rows(); }   ///< d
+  Index hidden_dim() const { return gate.cols(); }  ///< m (d_h for the dense FFN)
+};
+
+/// Owning SwiGLU FFN weights (e.g. one sliced expert, formula 3), same orientation as the view.
+template <class T>
+struct FfnWeights {
+  ColMatrix<T> gate;  ///< d x m
+  ColMatrix<T> up;    ///< d x m
+  ColMatrix<T> down;  ///< m x d
+
+  /// Checks the three shapes agree and returns a view. Throws moe::Error naming the mismatch.
+  FfnWeightsView<T> view() const {
+    MOE_CHECK(gate.rows() == up.rows() && gate.cols() == up.cols(),
+              "FFN weights: W_gate is " << gate.rows() << "x" << gate.cols() << " but W_up is "
+                                        << up.rows() << "x" << up.cols());
+    MOE_CHECK(down.rows() == gate.cols() && down.cols() == gate.rows(),
+              "FFN weights: W_down is " << down.rows() << "x" << down.cols() << ", expected "
+                                        << gate.cols() << "x" << gate.rows());
+    return FfnWeightsView<T>(gate.data(), up.data(), down.data(), gate.rows(), gate.cols());
+  }
+};
+
+/// Caller-owned scratch for ffn_forward: x·W_gate and h, each T x m. Grows only when a call needs
+/// more than it holds; call reserve() once and the forward allocates nothing of its own.
+template <class T>
+class FfnWorkspace {
+ public:
+  void reserve(Index tokens, Index hidden_dim) {
+    const auto n = static_cast<std::size_t>(tokens * hidden_dim);
+    if (gate_out_.size() < n) gate_out_.resize(n);
+    if (hidden_.size() < n) hidden_.resize(n);
+  }
+  /// x·W_gate of the last forward (T x m), before the activation.
+  Eigen::Map<RowMatrix<T>> gate_out(Index tokens, Index hidden_dim) {
+    return {gate_out_.data(), tokens, hidden_dim};
+  }
+  /// h = (x·W_up) ⊙ Swish(x·W_gate) of the last forward (T x m): the input of W_down, the `h`
+  /// of formula (5).
+  Eigen::Map<RowMatrix<T>> hidden(Index tokens, Index hidden_dim) {
+    return {hidden_.data(), tokens, hidden_dim};
+  }
+
+ private:
+  std::vector<T> gate_out_, hidden_;
+};
+
+namespace detail {
+
+/// Column width of one task. Work is cut into (matrix, column block) tasks of this fixed width,
+/// never by thread count, so every output element is computed by the same sequence of
+/// operations whatever the pool size (bitwise determinism).
+constexpr Index kColumnBlock = 256;
+
+inline Index num_column_blocks(Index cols) { return (cols + kColumnBlock - 1) / kColumnBlock; }
+
+/// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = (x·W_up[:, blk]) ⊙ Swish(g).
+template <class T, class X, class G, class H>
+void swiglu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index block) {
+  const Index c0 = block * kColumnBlock;
+  const Index width = std::min(kColumnBlock, w.hidden_dim() - c0);
+  auto gb = g.middleCols(c0, width);
+  auto hb = h.middleCols(c0, width);
+  gb.noalias() = x * w.gate.middleCols(c0, width);
+  hb.noalias() = x * w.up.middleCols(c0, width);
+  for (Index r = 0; r < hb.rows(); ++r)
+    for (Index c = 0; c < width; ++c) hb(r, c) *= silu(gb(r, c));
+}
+
+/// Columns [b*kColumnBlock, ...) of y = h·W_down.
+template <class T, class H, class Y>
+void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) {
+  const Index c0 = block * kColumnBlock;
+  const Index width = std::min(kColumnBlock, w.model_dim() - c0);
+  y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
+}
+
+}  // namespace detail
+
+/// SwiGLU FFN forward, paper formula (1) (and (4) when `w` is an expert):
+///   y = h·W_down,  h = (x·W_up) ⊙ Swish(x·W_gate),  Swish(z) = z·sigmoid(z).
+/// x: T x d row-major; y: T x d row-major (written, must not alias x). Accumulates in T.
+/// Work is split in fixed column blocks over `pool` (nullptr: the calling thread only); the
+/// result is bitwise the same for any pool size. After the call, ws.hidden(T, m) holds h.
+template <class T>
+void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> y,
+                 FfnWorkspace<T>& ws, ThreadPool* pool = nullptr) {
+  const Index d = w.model_dim(), m = w.hidden_dim(), tokens = x.rows();
+  MOE_CHECK(x.cols() == d, "ffn_forward: x has " << x.cols() << " columns, the FFN expects d=" << d);
+  MOE_CHECK(y.rows() == tokens && y.cols() == d, "ffn_forward: y is " << y.rows() << "x" << y.cols()
+                                                  << ", expected " << tokens << "x" << d);
+  if (tokens == 0) return;
+  ws.reserve(tokens, m);
+  auto g = ws.gate_out(tokens, m);
+  auto h = ws.hidden(tokens, m);
+  parallel_for(pool, detail::num_column_blocks(m),
+               [&](Index b) { detail::swiglu_hidden_block(w, x, g, h, b); });
+  parallel_for(pool, detail::num_column_blocks(d),
+               [&](Index b) { detail::down_proj_block(w, h, y, b); });
+}
+
+}  // namespace moe

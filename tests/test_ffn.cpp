@@ -1,0 +1,80 @@
+#include <catch2/catch.hpp>
+#include <moe/ffn.hpp>
+
+#include "test_util.hpp"
+
+using namespace moe;
+
+TEMPLATE_TEST_CASE("ffn_forward matches the double reference, formula (1)", "[ffn]", float, double) {
+  using T = TestType;
+  // d = 300 and m = 520 span several 256-column blocks, with ragged last blocks.
+  for (auto [tokens, d, m] : {std::tuple<Index, Index, Index>{1, 8, 4}, {5, 300, 520}, {64, 33, 17}}) {
+    const auto wg = testutil::random_matrix<ColMatrix<T>>(d, m, 1, 0.2);
+    const auto wu = testutil::random_matrix<ColMatrix<T>>(d, m, 2, 0.2);
+    const auto wd = testutil::random_matrix<ColMatrix<T>>(m, d, 3, 0.2);
+    const auto x = testutil::random_matrix<RowMatrix<T>>(tokens, d, 4);
+    FfnWeightsView<T> w(wg.data(), wu.data(), wd.data(), d, m);
+    RowMatrix<T> y(tokens, d);
+    FfnWorkspace<T> ws;
+    ffn_forward<T>(w, x, y, ws);
+    const ref::Mat expect = ref::ffn(x.template cast<double>(), wg.template cast<double>(),
+                                     wu.template cast<double>(), wd.template cast<double>());
+    CHECK(testutil::rel_err(y, expect) < testutil::tol<T>());
+    // The workspace exposes h, the input of W_down (formula 5's h).
+    const ref::Mat h = ref::ffn_hidden(x.template cast<double>(), wg.template cast<double>(),
+                                       wu.template cast<double>());
+    CHECK(testutil::rel_err(ws.hidden(tokens, m), h) < testutil::tol<T>());
+  }
+}
+
+TEST_CASE("ffn_forward is bitwise identical for any thread count", "[ffn]") {
+  const Index tokens = 9, d = 520, m = 700;
+  const auto wg = testutil::random_matrix<ColMatrix<float>>(d, m, 11, 0.1);
+  const auto wu = testutil::random_matrix<ColMatrix<float>>(d, m, 12, 0.1);
+  const auto wd = testutil::random_matrix<ColMatrix<float>>(m, d, 13, 0.1);
+  const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 14);
+  FfnWeightsView<float> w(wg.data(), wu.data(), wd.data(), d, m);
+  FfnWorkspace<float> ws;
+  RowMatrix<float> y0(tokens, d);
+  ffn_forward<float>(w, x, y0, ws);
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    RowMatrix<float> y(tokens, d);
+    ffn_forward<float>(w, x, y, ws, &pool);
+    CHECK(testutil::bitwise_equal(y, y0));
+  }
+}
+
+TEST_CASE("ffn_forward writes through Ref without copying and rejects bad shapes", "[ffn]") {
+  const Index d = 6, m = 4;
+  const auto wg = testutil::random_matrix<ColMatrix<double>>(d, m, 1);
+  FfnWeightsView<double> w(wg.data(), wg.data(), testutil::random_matrix<ColMatrix<double>>(m, d, 2).data(), d, m);
+  FfnWorkspace<double> ws;
+  // A block of a bigger row-major matrix binds to Ref<RowMatrix> in place: the rows written are
+  // those of the big matrix.
+  RowMatrix<double> big = RowMatrix<double>::Zero(10, d);
+  const auto x = testutil::random_matrix<RowMatrix<double>>(3, d, 5);
+  RowRef<double> view = big.middleRows(2, 3);
+  CHECK(view.data() == big.data() + 2 * d);
+  ffn_forward<double>(w, x, big.middleRows(2, 3), ws);
+  CHECK(big.row(0).isZero());
+  CHECK(!big.row(2).isZero());
+  CHECK(big.row(5).isZero());
+
+  RowMatrix<double> y(3, d), wrong_x(3, d + 1), wrong_y(2, d);
+  CHECK_THROWS_WITH(ffn_forward<double>(w, wrong_x, y, ws), Catch::Contains("x has 7 columns"));
+  CHECK_THROWS_WITH(ffn_forward<double>(w, x, wrong_y, ws), Catch::Contains("y is 2x6"));
+  CHECK_THROWS_AS(FfnWeightsView<double>(wg.data(), wg.data(), wg.data(), 0, 3), Error);
+  FfnWeights<double> bad{ColMatrix<double>(d, m), ColMatrix<double>(d, m), ColMatrix<double>(m + 1, d)};
+  CHECK_THROWS_WITH(bad.view(), Catch::Contains("W_down is 5x6"));
+}
+
+TEST_CASE("ffn_forward on zero tokens is a no-op", "[ffn]") {
+  const auto wg = testutil::random_matrix<ColMatrix<float>>(4, 2, 1);
+  const auto wd = testutil::random_matrix<ColMatrix<float>>(2, 4, 1);
+  FfnWeightsView<float> w(wg.data(), wg.data(), wd.data(), 4, 2);
+  FfnWorkspace<float> ws;
+  RowMatrix<float> x(0, 4), y(0, 4);
+  ffn_forward<float>(w, x, y, ws);
+  CHECK(y.size() == 0);
+}

@@ -1,0 +1,47 @@
+// Helpers shared by the tests: seeded random matrices and error measures.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <moe/detail/rng.hpp>
+#include <moe/types.hpp>
+
+#include "reference/reference.hpp"
+
+namespace testutil {
+
+/// Gaussian matrix with standard deviation `sd`, from a fixed seed.
+template <class M>
+M random_matrix(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed, double sd = 1.0) {
+  moe::detail::SplitMix64 rng(seed);
+  M m(rows, cols);
+  for (Eigen::Index i = 0; i < rows; ++i)
+    for (Eigen::Index j = 0; j < cols; ++j) m(i, j) = static_cast<typename M::Scalar>(sd * rng.normal());
+  return m;
+}
+
+/// max |a - b| / max |b|: an error relative to the output's scale. Elementwise relative error
+/// is meaningless for outputs near zero; a normalised max error is what GEMM rounding bounds.
+template <class A, class B>
+double rel_err(const A& a, const B& b) {
+  const ref::Mat ad = a.template cast<double>(), bd = b.template cast<double>();
+  const double scale = bd.cwiseAbs().maxCoeff();
+  return (ad - bd).cwiseAbs().maxCoeff() / (scale > 0 ? scale : 1.0);
+}
+
+template <class A, class B>
+bool bitwise_equal(const A& a, const B& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+/// Tolerance for comparing a T computation against the double reference: 1e-5 for float
+/// (accumulation over <= 1000 terms at eps 6e-8 stays well below it), 1e-12 for double.
+template <class T>
+constexpr double tol() {
+  return std::is_same_v<T, float> ? 1e-5 : 1e-12;
+}
+
+}  // namespace testutil
