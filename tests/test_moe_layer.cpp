@@ -1,1 +1,171 @@
 #include <catch2/catch.hpp>
+#include <limits>
+#include <moe/moe_layer.hpp>
+#include <moe/slicing.hpp>
+
+#include "test_util.hpp"
+
+using namespace moe;
+
+namespace {
+
+template <class T>
+struct Fixture {
+  Index d, dh;
+  ColMatrix<T> wg, wu, wd, router;
+  ExpertPartition partition;
+  Fixture(Index d_, Index dh_, int n, std::uint64_t seed)
+      : d(d_), dh(dh_),
+        wg(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 1, 0.2)),
+        wu(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 2, 0.2)),
+        wd(testutil::random_matrix<ColMatrix<T>>(dh_, d_, seed + 3, 0.2)),
+        router(testutil::random_matrix<ColMatrix<T>>(d_, n, seed + 4, 0.5)),
+        partition(ExpertPartition::independent_random(dh_, n, seed)) {}
+  FfnWeightsView<T> dense() const { return {wg.data(), wu.data(), wd.data(), d, dh}; }
+  MoELayer<T> layer(MoEConfig cfg) const { return MoELayer<T>(slice_experts(dense(), partition), router, cfg); }
+  std::vector<ref::Expert> ref_experts() const {
+    std::vector<ref::Expert> out;
+    for (int j = 0; j < partition.num_experts(); ++j) {
+      const auto e = slice_expert(dense(), partition.expert(j));
+      out.push_back({e.gate.template cast<double>(), e.up.template cast<double>(), e.down.template cast<double>()});
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("MoELayer equals 'run every expert, pick the top-k' (NumPy reference)", "[moe_layer]",
+                   float, double) {
+  using T = TestType;
+  struct Case {
+    Index d, dh;
+    int n, k;
+    Index tokens;
+    bool renorm;
+  };
+  // T = 1 (most experts idle), k = N, uneven partitions (dh % N != 0), both weight modes, and
+  // d/m spanning several 256-column blocks.
+  const Case cases[] = {{16, 64, 4, 2, 1, false},  {16, 64, 4, 4, 7, false},   {24, 50, 3, 2, 16, true},
+                        {32, 96, 8, 1, 5, false},  {20, 103, 8, 2, 33, false}, {300, 530, 4, 2, 9, true},
+                        {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true}};
+  for (const Case& c : cases) {
+    Fixture<T> f(c.d, c.dh, c.n, 100 + static_cast<std::uint64_t>(c.n * 7 + c.k));
+    MoEConfig cfg{c.k, c.renorm ? TopKWeights::kRenormalized : TopKWeights::kSoftmax, std::nullopt};
+    const MoELayer<T> layer = f.layer(cfg);
+    const auto x = testutil::random_matrix<RowMatrix<T>>(c.tokens, c.d, 7);
+    RowMatrix<T> y(c.tokens, c.d);
+    MoEWorkspace<T> ws;
+    RoutingRecord<T> rec;
+    layer.forward(x, y, ws, nullptr, &rec);
+    const ref::Mat logits = ref::matmul(x.template cast<double>(), f.router.template cast<double>());
+    const ref::Mat expect = ref::moe_all_experts(x.template cast<double>(), f.ref_experts(), logits, c.k, c.renorm,
+                                                 double(c.n) / c.k);
+    INFO("d=" << c.d << " dh=" << c.dh << " N=" << c.n << " k=" << c.k << " T=" << c.tokens);
+    CHECK(testutil::rel_err(y, expect) < testutil::tol<T>());
+    // The layer computed exactly T·k (token, expert) rows: never an expert a token was not routed to.
+    CHECK(ws.dispatch().offsets.back() == c.tokens * c.k);
+    Index total = 0;
+    for (int e = 0; e < c.n; ++e) {
+      Index routed = 0;
+      for (Index t = 0; t < c.tokens; ++t)
+        for (int s = 0; s < c.k; ++s) routed += rec.expert_ids(t, s) == e;
+      CHECK(rec.tokens_per_expert[static_cast<std::size_t>(e)] == routed);
+      total += routed;
+    }
+    CHECK(total == c.tokens * c.k);
+    CHECK(layer.scale() == double(c.n) / c.k);
+  }
+}
+
+TEST_CASE("MoELayer: experts with no tokens are skipped and cost nothing", "[moe_layer]") {
+  Fixture<double> f(10, 40, 5, 3);
+  const MoELayer<double> layer = f.layer({2, TopKWeights::kSoftmax, 1.0});
+  const auto x = testutil::random_matrix<RowMatrix<double>>(6, 10, 1);
+  // Route every token to experts 3 and 1 only.
+  IdMatrix ids(6, 2);
+  RowMatrix<double> w(6, 2);
+  for (Index t = 0; t < 6; ++t) {
+    ids(t, 0) = 3;
+    ids(t, 1) = 1;
+    w(t, 0) = 0.7;
+    w(t, 1) = 0.2;
+  }
+  RowMatrix<double> y(6, 10);
+  MoEWorkspace<double> ws;
+  RoutingRecord<double> rec;
+  layer.forward_routed(x, ids, w, y, ws, nullptr, &rec);
+  CHECK(rec.tokens_per_expert == std::vector<Index>{0, 6, 0, 6, 0});
+  const auto e = f.ref_experts();
+  const ref::Mat xd = x;
+  const ref::Mat expect = 0.7 * ref::ffn(xd, e[3].wg, e[3].wu, e[3].wd) + 0.2 * ref::ffn(xd, e[1].wg, e[1].wu, e[1].wd);
+  CHECK(testutil::rel_err(y, expect) < 1e-12);  // scale 1.0 as configured
+}
+
+TEST_CASE("MoELayer output is bitwise identical for any thread count", "[moe_layer]") {
+  Fixture<float> f(300, 1100, 8, 9);  // several column blocks per expert and for d
+  const MoELayer<float> layer = f.layer({2, TopKWeights::kSoftmax, std::nullopt});
+  for (Index tokens : {1, 37, 200}) {
+    const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 5);
+    MoEWorkspace<float> ws;
+    RowMatrix<float> y0(tokens, 300);
+    layer.forward(x, y0, ws);
+    for (int threads : {1, 2, 3, 4}) {
+      ThreadPool pool(threads);
+      MoEWorkspace<float> ws2;
+      RowMatrix<float> y(tokens, 300);
+      layer.forward(x, y, ws2, &pool);
+      CHECK(testutil::bitwise_equal(y, y0));
+      layer.forward(x, y, ws, &pool);  // a reused workspace too
+      CHECK(testutil::bitwise_equal(y, y0));
+    }
+  }
+}
+
+TEST_CASE("MoELayer with view experts and a custom scale", "[moe_layer]") {
+  Fixture<double> f(12, 36, 3, 4);
+  const auto owned = slice_experts(f.dense(), f.partition);
+  std::vector<FfnWeightsView<double>> views;
+  for (const auto& e : owned) views.push_back(e.view());
+  const MoELayer<double> by_view(views, f.router, {2, TopKWeights::kSoftmax, 0.5});
+  const MoELayer<double> by_value = f.layer({2, TopKWeights::kSoftmax, std::nullopt});
+  CHECK(by_view.expert(1).gate.data() == owned[1].gate.data());  // no copy
+  const auto x = testutil::random_matrix<RowMatrix<double>>(5, 12, 2);
+  RowMatrix<double> a(5, 12), b(5, 12);
+  MoEWorkspace<double> ws;
+  by_view.forward(x, a, ws);
+  by_value.forward(x, b, ws);
+  CHECK(testutil::rel_err(a, b * (0.5 / 1.5)) < 1e-12);  // scale 0.5 instead of N/k = 1.5
+}
+
+TEST_CASE("MoELayer rejects bad configurations and inputs", "[moe_layer]") {
+  Fixture<float> f(8, 16, 4, 1);
+  auto experts = [&] { return slice_experts(f.dense(), f.partition); };
+  CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {0}), Catch::Contains("k=0 must be in [1, N=4]"));
+  CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {5}), Catch::Contains("k=5 must be in [1, N=4]"));
+  CHECK_THROWS_WITH(MoELayer<float>(std::vector<FfnWeights<float>>{}, f.router, {1}), Catch::Contains("N = 0"));
+  CHECK_THROWS_WITH(MoELayer<float>(experts(), ColMatrix<float>(8, 3), {2}), Catch::Contains("router weight is 8x3"));
+  CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {2, TopKWeights::kSoftmax, std::nan("")}),
+                    Catch::Contains("not finite"));
+  auto mixed = experts();
+  mixed[2] = slice_expert(FfnWeightsView<float>(f.wg.data(), f.wu.data(), f.wd.data(), 4, 16), {0, 1});
+  CHECK_THROWS_WITH(MoELayer<float>(std::move(mixed), f.router, {2}), Catch::Contains("expert 2 has d=4"));
+
+  const MoELayer<float> layer = f.layer({2});
+  MoEWorkspace<float> ws;
+  RowMatrix<float> x = RowMatrix<float>::Ones(3, 8), y(3, 8), x_bad(3, 7), y_bad(2, 8);
+  CHECK_THROWS_WITH(layer.forward(x_bad, y, ws), Catch::Contains("x has 7 columns"));
+  CHECK_THROWS_WITH(layer.forward(x, y_bad, ws), Catch::Contains("y is 2x8"));
+  x(2, 3) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(layer.forward(x, y, ws), Catch::Contains("token 2"));
+  x(2, 3) = 1;
+  IdMatrix ids = IdMatrix::Zero(3, 2);
+  RowMatrix<float> w = RowMatrix<float>::Ones(3, 2);
+  ids(1, 1) = 4;
+  CHECK_THROWS_WITH(layer.forward_routed(x, ids, w, y, ws), Catch::Contains("token 1 slot 1 names expert 4"));
+  ids(1, 1) = 0;
+  w(0, 1) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(layer.forward_routed(x, ids, w, y, ws), Catch::Contains("weight of token 0 slot 1 is inf"));
+  const MoELayer<float> no_router(experts(), ColMatrix<float>(), {2});
+  CHECK_THROWS_WITH(no_router.forward(x, y, ws), Catch::Contains("no router weight"));
+}

@@ -1,1 +1,83 @@
+// The hot path allocates nothing once the workspace is reserved. Two independent witnesses:
+// Eigen's EIGEN_RUNTIME_NO_MALLOC (asserts inside Eigen's allocator) and a replaced global
+// operator new that counts every C++ allocation (std::vector, threads' std::function, ...).
+#include <atomic>
+
+// Eigen reports a forbidden heap allocation through eigen_assert, which NDEBUG (Release) turns
+// off; count violations instead so the witness works in every build type.
+static std::atomic<long> g_eigen_violations{0};
+#define eigen_assert(x)                \
+  do {                                 \
+    if (!(x)) ++g_eigen_violations;    \
+  } while (0)
+#define EIGEN_RUNTIME_NO_MALLOC
 #include <catch2/catch.hpp>
+#include <cstdlib>
+#include <new>
+
+#include <moe/moe_layer.hpp>
+#include <moe/slicing.hpp>
+
+#include "test_util.hpp"
+
+// The replacement operator new below is malloc-based, so free() is its matching deallocation;
+// GCC's -Wmismatched-new-delete cannot see through the replacement.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+static std::atomic<long> g_allocations{0};
+void* operator new(std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+using namespace moe;
+
+struct NoMallocScope {
+  long before = g_allocations.load(), eigen_before = g_eigen_violations.load();
+  NoMallocScope() { Eigen::internal::set_is_malloc_allowed(false); }
+  ~NoMallocScope() { Eigen::internal::set_is_malloc_allowed(true); }
+  long allocations() const { return g_allocations.load() - before; }
+  long eigen_allocations() const { return g_eigen_violations.load() - eigen_before; }
+};
+
+TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[no_malloc]") {
+  // Small enough that Eigen's GEMM blocking buffers live on the stack (under
+  // EIGEN_STACK_ALLOCATION_LIMIT); Eigen's own heap blocking for large GEMMs is outside our code.
+  const Index d = 32, dh = 64, tokens = 12;
+  const auto wg = testutil::random_matrix<ColMatrix<float>>(d, dh, 1, 0.2);
+  const auto wu = testutil::random_matrix<ColMatrix<float>>(d, dh, 2, 0.2);
+  const auto wd = testutil::random_matrix<ColMatrix<float>>(dh, d, 3, 0.2);
+  const auto router = testutil::random_matrix<ColMatrix<float>>(d, 4, 4);
+  const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 5);
+  FfnWeightsView<float> dense(wg.data(), wu.data(), wd.data(), d, dh);
+  const MoELayer<float> layer(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 0)), router, {2});
+  RowMatrix<float> y(tokens, d);
+  FfnWorkspace<float> fws;
+  fws.reserve(tokens, dh);
+  MoEWorkspace<float> ws;
+  ws.reserve(layer, tokens);
+  ThreadPool pool(2);
+  {
+    NoMallocScope scope;
+    ffn_forward<float>(dense, x, y, fws, &pool);
+    for (Index t : {tokens, Index(1), Index(5)}) layer.forward(x.topRows(t), y.topRows(t), ws, &pool);
+    CHECK(scope.allocations() == 0);
+    CHECK(scope.eigen_allocations() == 0);
+  }
+  {
+    NoMallocScope scope;  // both witnesses see what they should
+    Eigen::MatrixXf m(40, 40);
+    std::vector<int> v(3);
+    CHECK(scope.eigen_allocations() > 0);
+    CHECK(scope.allocations() > 0);
+  }
+  // The witness works: a call that must grow the workspace is seen.
+  MoEWorkspace<float> fresh;
+  const long before = g_allocations.load();
+  layer.forward(x, y, fresh, &pool);
+  CHECK(g_allocations.load() > before);
+}

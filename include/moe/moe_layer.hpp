@@ -23,6 +23,11 @@ struct MoEConfig {
   int top_k = 2;                                 ///< k, 1 <= k <= N
   TopKWeights weights = TopKWeights::kSoftmax;  ///< reference semantics by default
   std::optional<double> scale;                   ///< formula (6); unset: N/k
+
+  // A constructor rather than an aggregate so `{k}` and `{k, weights}` need no warning-prone
+  // partial initialisation.
+  MoEConfig(int k = 2, TopKWeights w = TopKWeights::kSoftmax, std::optional<double> s = std::nullopt)
+      : top_k(k), weights(w), scale(s) {}
 };
 
 /// What one forward routed where (opt-in: pass a pointer to forward()).
