@@ -19,7 +19,8 @@ using namespace moe;
 
 namespace {
 
-void write_svg(const std::string& path, const RoutingRecord<float>& rec, const std::vector<int>& bytes, int n) {
+void write_svg(const std::string& path, const RoutingRecord<float>& rec, const std::vector<int>& bytes,
+               int n) {
   const Index tokens = rec.expert_ids.rows();
   const int cw = 3, ch = 18, left = 70, top = 30;
   std::ofstream svg(path);
@@ -36,12 +37,13 @@ void write_svg(const std::string& path, const RoutingRecord<float>& rec, const s
       const int e = rec.expert_ids(t, s);
       const int shade = 255 - static_cast<int>(255 * std::min(1.0f, rec.weights(t, s) * 2));
       const int c = bytes[static_cast<std::size_t>(t)];
-      svg << "<rect x='" << left + cw * t << "' y='" << top + ch * e << "' width='" << cw << "' height='" << ch
-          << "' fill='rgb(" << shade << "," << shade << ",255)'><title>token " << t << " '"
+      svg << "<rect x='" << left + cw * t << "' y='" << top + ch * e << "' width='" << cw << "' height='"
+          << ch << "' fill='rgb(" << shade << "," << shade << ",255)'><title>token " << t << " '"
           << (c >= 32 && c < 127 && c != '<' && c != '&' && c != '\'' ? static_cast<char>(c) : '?')
           << "' slot " << s << " weight " << rec.weights(t, s) << "</title></rect>\n";
     }
-  svg << "<text x='" << left << "' y='" << top + ch * n + 20 << "'>token index 0 … " << tokens - 1 << "</text>\n</svg>\n";
+  svg << "<text x='" << left << "' y='" << top + ch * n + 20 << "'>token index 0 … " << tokens - 1
+      << "</text>\n</svg>\n";
 }
 
 }  // namespace
@@ -53,18 +55,31 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (!v) { std::fprintf(stderr, "routing: %s needs a value\n", a.c_str()); return 2; }
-    if (a == "--fixtures") dir = v;
-    else if (a == "--layer") layer_index = std::atoi(v);
-    else if (a == "--experts") n = std::atoi(v);
-    else if (a == "--top-k") k = std::atoi(v);
-    else if (a == "--seed") seed = std::strtoull(v, nullptr, 10);
-    else if (a == "--svg") svg = v;
-    else { std::fprintf(stderr, "routing: unknown option %s\n", a.c_str()); return 2; }
+    if (!v) {
+      std::fprintf(stderr, "routing: %s needs a value\n", a.c_str());
+      return 2;
+    }
+    if (a == "--fixtures")
+      dir = v;
+    else if (a == "--layer")
+      layer_index = std::atoi(v);
+    else if (a == "--experts")
+      n = std::atoi(v);
+    else if (a == "--top-k")
+      k = std::atoi(v);
+    else if (a == "--seed")
+      seed = std::strtoull(v, nullptr, 10);
+    else if (a == "--svg")
+      svg = v;
+    else {
+      std::fprintf(stderr, "routing: unknown option %s\n", a.c_str());
+      return 2;
+    }
     ++i;
   }
   if (!std::ifstream(dir + "/model.safetensors") || !std::ifstream(dir + "/golden_ffn.safetensors")) {
-    std::printf("routing: tiny-llama fixtures not found in '%s' (pass --fixtures DIR); skipping\n", dir.c_str());
+    std::printf("routing: tiny-llama fixtures not found in '%s' (pass --fixtures DIR); skipping\n",
+                dir.c_str());
     return 77;
   }
   try {
@@ -80,12 +95,15 @@ int main(int argc, char** argv) {
     const ExpertPartition partition = ExpertPartition::independent_random(dense.hidden_dim(), n, seed);
     detail::SplitMix64 rng(seed);
     ColMatrix<float> router(d, n);  // N(0, 1/d): logits of order 1 for unit-scale inputs
-    for (Index i = 0; i < router.size(); ++i) router.data()[i] = static_cast<float>(rng.normal() / std::sqrt(double(d)));
+    for (Index i = 0; i < router.size(); ++i)
+      router.data()[i] = static_cast<float>(rng.normal() / std::sqrt(double(d)));
     const MoELayer<float> layer(slice_experts(dense, partition), router, {k});
 
-    std::printf("tiny-llama layer %d: d = %ld, d_h = %ld -> %d experts of %ld neurons, top-%d, random router (seed %llu)\n",
-                layer_index, static_cast<long>(d), static_cast<long>(dense.hidden_dim()), n,
-                static_cast<long>(partition.expert_size(0)), k, static_cast<unsigned long long>(seed));
+    std::printf(
+        "tiny-llama layer %d: d = %ld, d_h = %ld -> %d experts of %ld neurons, top-%d, random router (seed "
+        "%llu)\n",
+        layer_index, static_cast<long>(d), static_cast<long>(dense.hidden_dim()), n,
+        static_cast<long>(partition.expert_size(0)), k, static_cast<unsigned long long>(seed));
     ThreadPool pool;
     MoEWorkspace<float> ws;
     RoutingRecord<float> rec;
@@ -95,7 +113,8 @@ int main(int argc, char** argv) {
     std::printf("\nfirst tokens (held-out text):\n");
     for (Index t = 0; t < std::min<Index>(tokens, 12); ++t) {
       const int c = bytes[static_cast<std::size_t>(t)];
-      std::printf("  %3ld '%s' ->", static_cast<long>(t), c == '\n' ? "\\n" : std::string(1, static_cast<char>(c)).c_str());
+      std::printf("  %3ld '%s' ->", static_cast<long>(t),
+                  c == '\n' ? "\\n" : std::string(1, static_cast<char>(c)).c_str());
       for (int s = 0; s < k; ++s) std::printf("  expert %d (%.3f)", rec.expert_ids(t, s), rec.weights(t, s));
       std::printf("\n");
     }
@@ -107,8 +126,9 @@ int main(int argc, char** argv) {
       std::printf("  expert %2d %4ld |%s\n", e, static_cast<long>(c),
                   std::string(static_cast<std::size_t>(most ? 50 * c / most : 0), '#').c_str());
     }
-    std::printf("\nMoE vs Hugging Face dense output: |y_moe - y_dense| / |y_dense| = %.3f (scale N/k = %.2f)\n",
-                (y - y_hf).norm() / y_hf.norm(), layer.scale());
+    std::printf(
+        "\nMoE vs Hugging Face dense output: |y_moe - y_dense| / |y_dense| = %.3f (scale N/k = %.2f)\n",
+        (y - y_hf).norm() / y_hf.norm(), layer.scale());
     write_svg(svg, rec, bytes, n);
     std::printf("wrote %s\n", svg.c_str());
   } catch (const Error& e) {

@@ -21,8 +21,8 @@ TEMPLATE_TEST_CASE("ffn_forward matches the double reference, formula (1)", "[ff
                                      wu.template cast<double>(), wd.template cast<double>());
     CHECK(testutil::rel_err(y, expect) < testutil::tol<T>());
     // The workspace exposes h, the input of W_down (formula 5's h).
-    const ref::Mat h = ref::ffn_hidden(x.template cast<double>(), wg.template cast<double>(),
-                                       wu.template cast<double>());
+    const ref::Mat h =
+        ref::ffn_hidden(x.template cast<double>(), wg.template cast<double>(), wu.template cast<double>());
     CHECK(testutil::rel_err(ws.hidden(tokens, m), h) < testutil::tol<T>());
   }
 }
@@ -48,7 +48,8 @@ TEST_CASE("ffn_forward is bitwise identical for any thread count", "[ffn]") {
 TEST_CASE("ffn_forward writes through Ref without copying and rejects bad shapes", "[ffn]") {
   const Index d = 6, m = 4;
   const auto wg = testutil::random_matrix<ColMatrix<double>>(d, m, 1);
-  FfnWeightsView<double> w(wg.data(), wg.data(), testutil::random_matrix<ColMatrix<double>>(m, d, 2).data(), d, m);
+  const auto wd = testutil::random_matrix<ColMatrix<double>>(m, d, 2);
+  FfnWeightsView<double> w(wg.data(), wg.data(), wd.data(), d, m);
   FfnWorkspace<double> ws;
   // A block of a bigger row-major matrix binds to Ref<RowMatrix> in place: the rows written are
   // those of the big matrix.

@@ -39,7 +39,8 @@ TEST_CASE("our FFN reproduces Hugging Face LlamaMLP on every layer", "[fixtures]
     CHECK(w.hidden_dim() == 688);
     // Zero copy: the views point into the mapped file.
     CHECK(static_cast<const void*>(w.gate.data()) ==
-          static_cast<const void*>(model.bytes("model.layers." + std::to_string(layer) + ".mlp.gate_proj.weight")));
+          static_cast<const void*>(
+              model.bytes("model.layers." + std::to_string(layer) + ".mlp.gate_proj.weight")));
     const auto x = golden.matrix<float>(p + ".mlp_in");
     const auto expect = golden.matrix<float>(p + ".mlp_out");
     RowMatrix<float> y(x.rows(), x.cols());
@@ -51,8 +52,9 @@ TEST_CASE("our FFN reproduces Hugging Face LlamaMLP on every layer", "[fixtures]
     std::printf("%s: HF parity, normalised max error %.2e\n", p.c_str(), err);
     CHECK(err < 1e-5);
     // Against the double reference too, to know which side the rounding is on.
-    const ref::Mat yd = ref::ffn(x.cast<double>(), ColMatrix<float>(w.gate).cast<double>(),
-                                 ColMatrix<float>(w.up).cast<double>(), ColMatrix<float>(w.down).cast<double>());
+    const ref::Mat yd =
+        ref::ffn(x.cast<double>(), ColMatrix<float>(w.gate).cast<double>(),
+                 ColMatrix<float>(w.up).cast<double>(), ColMatrix<float>(w.down).cast<double>());
     CHECK(testutil::rel_err(expect, yd) < 1e-5);
   }
 }
@@ -88,5 +90,6 @@ TEST_CASE("the converting loader gives the same FFN as the zero-copy view", "[fi
   const FfnWeightsView<float> view = llama_ffn_view(model, 2);
   CHECK(copy.gate == ColMatrix<float>(view.gate));
   CHECK(copy.down == ColMatrix<float>(view.down));
-  CHECK_THROWS_WITH(llama_ffn_view(model, 4), Catch::Contains("model.layers.4.mlp.gate_proj.weight' not found"));
+  CHECK_THROWS_WITH(llama_ffn_view(model, 4),
+                    Catch::Contains("model.layers.4.mlp.gate_proj.weight' not found"));
 }

@@ -6,7 +6,8 @@
 
 using namespace moe;
 
-TEMPLATE_TEST_CASE("NeuronImportance accumulates sum |h ⊙ dL/dh|, formula (5)", "[importance]", float, double) {
+TEMPLATE_TEST_CASE("NeuronImportance accumulates sum |h ⊙ dL/dh|, formula (5)", "[importance]", float,
+                   double) {
   using T = TestType;
   const auto h1 = testutil::random_matrix<RowMatrix<T>>(7, 12, 1);
   const auto g1 = testutil::random_matrix<RowMatrix<T>>(7, 12, 2);
@@ -42,12 +43,14 @@ TEMPLATE_TEST_CASE("ffn_grad_hidden is dL/dy · W_downᵀ", "[importance]", floa
   const auto wd = testutil::random_matrix<ColMatrix<T>>(11, 8, 2);
   RowMatrix<T> gh(5, 11);
   ffn_grad_hidden<T>(gy, wd, gh);
-  CHECK(testutil::rel_err(gh, ref::matmul(gy.template cast<double>(), wd.template cast<double>().transpose())) <
-        testutil::tol<T>());
+  CHECK(testutil::rel_err(gh, ref::matmul(gy.template cast<double>(),
+                                          wd.template cast<double>().transpose())) < testutil::tol<T>());
   // Finite-difference check of the chain rule: L = <dL/dy, h W_down> is linear in h, so
   // L(h + eps e_ij) - L(h) = eps (dL/dh)_ij exactly in real arithmetic.
   const ref::Mat h = testutil::random_matrix<ref::Mat>(5, 11, 3);
-  auto loss = [&](const ref::Mat& hh) { return (gy.template cast<double>().array() * ref::matmul(hh, wd.template cast<double>()).array()).sum(); };
+  auto loss = [&](const ref::Mat& hh) {
+    return (gy.template cast<double>().array() * ref::matmul(hh, wd.template cast<double>()).array()).sum();
+  };
   ref::Mat hp = h;
   hp(2, 7) += 1e-3;
   CHECK((loss(hp) - loss(h)) / 1e-3 == Approx(double(gh(2, 7))).epsilon(1e-5));

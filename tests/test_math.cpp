@@ -45,7 +45,9 @@ TEST_CASE("top_k agrees with a stable-sort reference on random data", "[math]") 
   for (int trial = 0; trial < 200; ++trial) {
     const int n = 1 + trial % 17, k = 1 + (trial * 7) % n;
     std::vector<double> v(static_cast<std::size_t>(n));
-    for (auto& x : v) x = static_cast<double>((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 60);  // few values: many ties
+    for (auto& x : v)
+      x = static_cast<double>((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >>
+                              60);  // few values: many ties
     std::vector<int> idx(static_cast<std::size_t>(k));
     std::vector<double> val(static_cast<std::size_t>(k));
     moe::top_k(v.data(), n, k, idx.data(), val.data());

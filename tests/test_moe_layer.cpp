@@ -15,19 +15,23 @@ struct Fixture {
   ColMatrix<T> wg, wu, wd, router;
   ExpertPartition partition;
   Fixture(Index d_, Index dh_, int n, std::uint64_t seed)
-      : d(d_), dh(dh_),
+      : d(d_),
+        dh(dh_),
         wg(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 1, 0.2)),
         wu(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 2, 0.2)),
         wd(testutil::random_matrix<ColMatrix<T>>(dh_, d_, seed + 3, 0.2)),
         router(testutil::random_matrix<ColMatrix<T>>(d_, n, seed + 4, 0.5)),
         partition(ExpertPartition::independent_random(dh_, n, seed)) {}
   FfnWeightsView<T> dense() const { return {wg.data(), wu.data(), wd.data(), d, dh}; }
-  MoELayer<T> layer(MoEConfig cfg) const { return MoELayer<T>(slice_experts(dense(), partition), router, cfg); }
+  MoELayer<T> layer(MoEConfig cfg) const {
+    return MoELayer<T>(slice_experts(dense(), partition), router, cfg);
+  }
   std::vector<ref::Expert> ref_experts() const {
     std::vector<ref::Expert> out;
     for (int j = 0; j < partition.num_experts(); ++j) {
       const auto e = slice_expert(dense(), partition.expert(j));
-      out.push_back({e.gate.template cast<double>(), e.up.template cast<double>(), e.down.template cast<double>()});
+      out.push_back(
+          {e.gate.template cast<double>(), e.up.template cast<double>(), e.down.template cast<double>()});
     }
     return out;
   }
@@ -46,8 +50,8 @@ TEMPLATE_TEST_CASE("MoELayer equals 'run every expert, pick the top-k' (NumPy re
   };
   // T = 1 (most experts idle), k = N, uneven partitions (dh % N != 0), both weight modes, and
   // d/m spanning several 256-column blocks.
-  const Case cases[] = {{16, 64, 4, 2, 1, false},  {16, 64, 4, 4, 7, false},   {24, 50, 3, 2, 16, true},
-                        {32, 96, 8, 1, 5, false},  {20, 103, 8, 2, 33, false}, {300, 530, 4, 2, 9, true},
+  const Case cases[] = {{16, 64, 4, 2, 1, false},   {16, 64, 4, 4, 7, false},   {24, 50, 3, 2, 16, true},
+                        {32, 96, 8, 1, 5, false},   {20, 103, 8, 2, 33, false}, {300, 530, 4, 2, 9, true},
                         {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true}};
   for (const Case& c : cases) {
     Fixture<T> f(c.d, c.dh, c.n, 100 + static_cast<std::uint64_t>(c.n * 7 + c.k));
@@ -59,8 +63,8 @@ TEMPLATE_TEST_CASE("MoELayer equals 'run every expert, pick the top-k' (NumPy re
     RoutingRecord<T> rec;
     layer.forward(x, y, ws, nullptr, &rec);
     const ref::Mat logits = ref::matmul(x.template cast<double>(), f.router.template cast<double>());
-    const ref::Mat expect = ref::moe_all_experts(x.template cast<double>(), f.ref_experts(), logits, c.k, c.renorm,
-                                                 double(c.n) / c.k);
+    const ref::Mat expect = ref::moe_all_experts(x.template cast<double>(), f.ref_experts(), logits, c.k,
+                                                 c.renorm, double(c.n) / c.k);
     INFO("d=" << c.d << " dh=" << c.dh << " N=" << c.n << " k=" << c.k << " T=" << c.tokens);
     CHECK(testutil::rel_err(y, expect) < testutil::tol<T>());
     // The layer computed exactly T·k (token, expert) rows: never an expert a token was not routed to.
@@ -98,7 +102,8 @@ TEST_CASE("MoELayer: experts with no tokens are skipped and cost nothing", "[moe
   CHECK(rec.tokens_per_expert == std::vector<Index>{0, 6, 0, 6, 0});
   const auto e = f.ref_experts();
   const ref::Mat xd = x;
-  const ref::Mat expect = 0.7 * ref::ffn(xd, e[3].wg, e[3].wu, e[3].wd) + 0.2 * ref::ffn(xd, e[1].wg, e[1].wu, e[1].wd);
+  const ref::Mat expect =
+      0.7 * ref::ffn(xd, e[3].wg, e[3].wu, e[3].wd) + 0.2 * ref::ffn(xd, e[1].wg, e[1].wu, e[1].wd);
   CHECK(testutil::rel_err(y, expect) < 1e-12);  // scale 1.0 as configured
 }
 
@@ -143,8 +148,10 @@ TEST_CASE("MoELayer rejects bad configurations and inputs", "[moe_layer]") {
   auto experts = [&] { return slice_experts(f.dense(), f.partition); };
   CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {0}), Catch::Contains("k=0 must be in [1, N=4]"));
   CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {5}), Catch::Contains("k=5 must be in [1, N=4]"));
-  CHECK_THROWS_WITH(MoELayer<float>(std::vector<FfnWeights<float>>{}, f.router, {1}), Catch::Contains("N = 0"));
-  CHECK_THROWS_WITH(MoELayer<float>(experts(), ColMatrix<float>(8, 3), {2}), Catch::Contains("router weight is 8x3"));
+  CHECK_THROWS_WITH(MoELayer<float>(std::vector<FfnWeights<float>>{}, f.router, {1}),
+                    Catch::Contains("N = 0"));
+  CHECK_THROWS_WITH(MoELayer<float>(experts(), ColMatrix<float>(8, 3), {2}),
+                    Catch::Contains("router weight is 8x3"));
   CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {2, TopKWeights::kSoftmax, std::nan("")}),
                     Catch::Contains("not finite"));
   auto mixed = experts();
@@ -165,7 +172,8 @@ TEST_CASE("MoELayer rejects bad configurations and inputs", "[moe_layer]") {
   CHECK_THROWS_WITH(layer.forward_routed(x, ids, w, y, ws), Catch::Contains("token 1 slot 1 names expert 4"));
   ids(1, 1) = 0;
   w(0, 1) = std::numeric_limits<float>::infinity();
-  CHECK_THROWS_WITH(layer.forward_routed(x, ids, w, y, ws), Catch::Contains("weight of token 0 slot 1 is inf"));
+  CHECK_THROWS_WITH(layer.forward_routed(x, ids, w, y, ws),
+                    Catch::Contains("weight of token 0 slot 1 is inf"));
   const MoELayer<float> no_router(experts(), ColMatrix<float>(), {2});
   CHECK_THROWS_WITH(no_router.forward(x, y, ws), Catch::Contains("no router weight"));
 }

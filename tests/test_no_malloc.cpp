@@ -6,9 +6,9 @@
 // Eigen reports a forbidden heap allocation through eigen_assert, which NDEBUG (Release) turns
 // off; count violations instead so the witness works in every build type.
 static std::atomic<long> g_eigen_violations{0};
-#define eigen_assert(x)                \
-  do {                                 \
-    if (!(x)) ++g_eigen_violations;    \
+#define eigen_assert(x)             \
+  do {                              \
+    if (!(x)) ++g_eigen_violations; \
   } while (0)
 #define EIGEN_RUNTIME_NO_MALLOC
 #include <catch2/catch.hpp>
@@ -31,8 +31,18 @@ void* operator new(std::size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](std::size_t n) { return operator new(n); }
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  ++g_allocations;
+  return std::malloc(n ? n : 1);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using namespace moe;
 
@@ -54,7 +64,8 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
   const auto router = testutil::random_matrix<ColMatrix<float>>(d, 4, 4);
   const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 5);
   FfnWeightsView<float> dense(wg.data(), wu.data(), wd.data(), d, dh);
-  const MoELayer<float> layer(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 0)), router, {2});
+  const MoELayer<float> layer(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 0)), router,
+                              {2});
   RowMatrix<float> y(tokens, d);
   FfnWorkspace<float> fws;
   fws.reserve(tokens, dh);

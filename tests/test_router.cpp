@@ -62,8 +62,10 @@ TEMPLATE_TEST_CASE("route_top_k matches the double reference on random logits", 
 
 TEST_CASE("route_top_k rejects bad k, NaN and Inf with a clear message", "[router]") {
   RowMatrix<float> z = RowMatrix<float>::Zero(3, 4);
-  CHECK_THROWS_WITH(route_top_k<float>(z, 0, TopKWeights::kSoftmax), Catch::Contains("k=0 must be in [1, N=4]"));
-  CHECK_THROWS_WITH(route_top_k<float>(z, 5, TopKWeights::kSoftmax), Catch::Contains("k=5 must be in [1, N=4]"));
+  CHECK_THROWS_WITH(route_top_k<float>(z, 0, TopKWeights::kSoftmax),
+                    Catch::Contains("k=0 must be in [1, N=4]"));
+  CHECK_THROWS_WITH(route_top_k<float>(z, 5, TopKWeights::kSoftmax),
+                    Catch::Contains("k=5 must be in [1, N=4]"));
   RowMatrix<float> empty(3, 0);
   CHECK_THROWS_AS(route_top_k<float>(empty, 1, TopKWeights::kSoftmax), Error);
   z(1, 2) = std::numeric_limits<float>::quiet_NaN();

@@ -45,12 +45,11 @@ std::string raw(std::initializer_list<T> v) {
 }
 
 // A valid file: F32 [2,3], F16 [6], BF16 [2], I32 [3], plus metadata.
-const std::string kHeader =
-    R"({"__metadata__":{"format":"pt"},)"
-    R"("w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-    R"("h":{"dtype":"F16","shape":[6],"data_offsets":[24,36]},)"
-    R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[36,40]},)"
-    R"("i":{"dtype":"I32","shape":[3],"data_offsets":[40,52]}})";
+const std::string kHeader = R"({"__metadata__":{"format":"pt"},)"
+                            R"("w":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+                            R"("h":{"dtype":"F16","shape":[6],"data_offsets":[24,36]},)"
+                            R"("b":{"dtype":"BF16","shape":[2],"data_offsets":[36,40]},)"
+                            R"("i":{"dtype":"I32","shape":[3],"data_offsets":[40,52]}})";
 const std::string kData = raw<float>({1, 2, 3, 4, 5, 6}) +
                           raw<std::uint16_t>({0x3C00, 0xC000, 0x0001, 0x7C00, 0x7BFF, 0x3555}) +
                           raw<std::uint16_t>({0x3F80, 0x4049}) + raw<std::int32_t>({7, -8, 9});
@@ -71,7 +70,7 @@ TEST_CASE("safetensors: a valid file gives typed views and conversions", "[safet
   CHECK(st.metadata().at("format") == "pt");
   const auto w = st.matrix<float>("w");
   CHECK(w.rows() == 2);
-  CHECK(w(1, 0) == 4.0f);  // row-major [2,3]
+  CHECK(w(1, 0) == 4.0f);                                                                // row-major [2,3]
   CHECK(static_cast<const void*>(w.data()) == static_cast<const void*>(st.bytes("w")));  // zero copy
   CHECK(st.vector<std::int32_t>("i")(1) == -8);
   const auto h = st.to_float("h");
@@ -79,11 +78,11 @@ TEST_CASE("safetensors: a valid file gives typed views and conversions", "[safet
   CHECK(h[1] == -2.0f);
   CHECK(h[2] == std::ldexp(1.0f, -24));  // smallest subnormal half
   CHECK(std::isinf(h[3]));
-  CHECK(h[4] == 65504.0f);               // largest half
-  CHECK(h[5] == 0.333251953125f);        // 0x3555
+  CHECK(h[4] == 65504.0f);         // largest half
+  CHECK(h[5] == 0.333251953125f);  // 0x3555
   const auto b = st.to_float("b");
   CHECK(b[0] == 1.0f);
-  CHECK(b[1] == 3.140625f);              // 0x4049
+  CHECK(b[1] == 3.140625f);  // 0x4049
   CHECK(st.to_float("w")[5] == 6.0f);
   CHECK(st.info("h").dtype == Dtype::F16);
   CHECK(st.info("w").numel() == 6);
@@ -118,20 +117,32 @@ TEST_CASE("safetensors: corrupt, truncated and inconsistent files are refused", 
   expect_error(le64(std::uint64_t{1} << 40) + "{}", "over the 100000000-byte limit");
   expect_error(le64(5) + "{\"w\":", "header is not valid JSON");
   expect_error(file_bytes("[1,2]", ""), "header is not a JSON object");
-  expect_error(file_bytes(R"({"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", "abcd"), "unknown dtype \"F33\"");
+  expect_error(file_bytes(R"({"w":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", "abcd"),
+               "unknown dtype \"F33\"");
   expect_error(file_bytes(R"({"w":{"shape":[1],"data_offsets":[0,4]}})", "abcd"), "no string 'dtype'");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd"), "not a non-negative integer");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd"), "holds 4 bytes but dtype F32 x shape needs 8");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", "abcd"), "begin > end");
+  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "abcd"),
+               "not a non-negative integer");
+  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "abcd"),
+               "holds 4 bytes but dtype F32 x shape needs 8");
+  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}})", "abcd"),
+               "begin > end");
   expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0]}})", "abcd"), "data_offsets");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "abcd"), "ends at byte 8 of a 4-byte data buffer");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "abcd"), "truncated file");
+  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "abcd"),
+               "ends at byte 8 of a 4-byte data buffer");
+  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "abcd"),
+               "truncated file");
   expect_error(file_bytes(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "abcdefgh"), "overlap");
-  expect_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "abcdefgh"), "4 unused bytes before tensor 'a'");
-  expect_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcdefgh"), "4 bytes after the last tensor");
+                          R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                          "abcdefgh"),
+               "overlap");
+  expect_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "abcdefgh"),
+               "4 unused bytes before tensor 'a'");
+  expect_error(file_bytes(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "abcdefgh"),
+               "4 bytes after the last tensor");
   expect_error(file_bytes(R"({"__metadata__":{"k":1}})", ""), "metadata 'k' is not a string");
-  expect_error(file_bytes(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})", "abcd"), "too large");
+  expect_error(
+      file_bytes(R"({"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,4]}})", "abcd"),
+      "too large");
 }
 
 TEST_CASE("safetensors: every truncation and single-byte corruption fails cleanly", "[safetensors]") {
@@ -155,11 +166,13 @@ TEST_CASE("safetensors: every truncation and single-byte corruption fails cleanl
 }
 
 TEST_CASE("hf_llama: missing tensors and inconsistent shapes are named", "[safetensors]") {
-  const std::string header = R"({"model.layers.0.mlp.gate_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
-                             R"("model.layers.0.mlp.up_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[24,48]},)"
-                             R"("model.layers.0.mlp.down_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[48,72]}})";
+  const std::string header =
+      R"({"model.layers.0.mlp.gate_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},)"
+      R"("model.layers.0.mlp.up_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[24,48]},)"
+      R"("model.layers.0.mlp.down_proj.weight":{"dtype":"F32","shape":[2,3],"data_offsets":[48,72]}})";
   TempFile f(file_bytes(header, std::string(72, '\0')));
   const SafeTensorsFile st(f.path);
   CHECK_THROWS_WITH(llama_ffn_view(st, 0), Catch::Contains("down_proj must be [d, d_h] = [3, 2]"));
-  CHECK_THROWS_WITH(llama_ffn_view(st, 1), Catch::Contains("'model.layers.1.mlp.gate_proj.weight' not found"));
+  CHECK_THROWS_WITH(llama_ffn_view(st, 1),
+                    Catch::Contains("'model.layers.1.mlp.gate_proj.weight' not found"));
 }

@@ -34,7 +34,8 @@ double rel_err(const A& a, const B& b) {
 template <class A, class B>
 bool bitwise_equal(const A& a, const B& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) == 0;
+         std::memcmp(a.data(), b.data(), sizeof(typename A::Scalar) * static_cast<std::size_t>(a.size())) ==
+             0;
 }
 
 /// Tolerance for comparing a T computation against the double reference: 1e-5 for float

@@ -28,15 +28,15 @@ void aggregate_top_k(const ConstRowRef<T>& expert_outputs, const Eigen::Ref<cons
             "aggregate_top_k: expert_outputs is " << expert_outputs.rows() << "x" << expert_outputs.cols()
                                                   << ", expected " << tokens << " x (N·" << d << ")");
   MOE_CHECK(ids.rows() == tokens && weights.rows() == tokens && weights.cols() == k,
-            "aggregate_top_k: ids " << ids.rows() << "x" << k << " and weights " << weights.rows()
-                                    << "x" << weights.cols() << " must both be " << tokens << "xk");
+            "aggregate_top_k: ids " << ids.rows() << "x" << k << " and weights " << weights.rows() << "x"
+                                    << weights.cols() << " must both be " << tokens << "xk");
   const Index n = expert_outputs.cols() / d;
   for (Index t = 0; t < tokens; ++t) {
     y.row(t).setZero();
     for (Index s = 0; s < k; ++s) {
       const Index e = ids(t, s);
-      MOE_CHECK(e >= 0 && e < n, "aggregate_top_k: token " << t << " slot " << s << " names expert "
-                                                            << e << ", outside [0, " << n << ")");
+      MOE_CHECK(e >= 0 && e < n, "aggregate_top_k: token " << t << " slot " << s << " names expert " << e
+                                                           << ", outside [0, " << n << ")");
       y.row(t) += weights(t, s) * expert_outputs.row(t).segment(e * d, d);
     }
   }

@@ -36,8 +36,8 @@ inline void build_dispatch(const Eigen::Ref<const IdMatrix>& ids, int num_expert
   for (Index t = 0; t < tokens; ++t)
     for (Index s = 0; s < k; ++s) {
       const Index e = ids(t, s);
-      MOE_CHECK(e >= 0 && e < num_experts, "routing: token " << t << " slot " << s << " names expert "
-                                                             << e << ", outside [0, " << num_experts << ")");
+      MOE_CHECK(e >= 0 && e < num_experts, "routing: token " << t << " slot " << s << " names expert " << e
+                                                             << ", outside [0, " << num_experts << ")");
       ++out.counts[static_cast<std::size_t>(e)];
     }
   out.offsets.resize(n + 1);

@@ -21,8 +21,7 @@ struct FfnWeightsView {
   ConstColMap<T> up;    ///< W_up,   d x m
   ConstColMap<T> down;  ///< W_down, m x d
 
-  FfnWeightsView(const T* gate_data, const T* up_data, const T* down_data, Index model_dim,
-                 Index hidden_dim)
+  FfnWeightsView(const T* gate_data, const T* up_data, const T* down_data, Index model_dim, Index hidden_dim)
       : gate(gate_data, model_dim, hidden_dim),
         up(up_data, model_dim, hidden_dim),
         down(down_data, hidden_dim, model_dim) {
@@ -45,11 +44,11 @@ struct FfnWeights {
   /// Checks the three shapes agree and returns a view. Throws moe::Error naming the mismatch.
   FfnWeightsView<T> view() const {
     MOE_CHECK(gate.rows() == up.rows() && gate.cols() == up.cols(),
-              "FFN weights: W_gate is " << gate.rows() << "x" << gate.cols() << " but W_up is "
-                                        << up.rows() << "x" << up.cols());
+              "FFN weights: W_gate is " << gate.rows() << "x" << gate.cols() << " but W_up is " << up.rows()
+                                        << "x" << up.cols());
     MOE_CHECK(down.rows() == gate.cols() && down.cols() == gate.rows(),
-              "FFN weights: W_down is " << down.rows() << "x" << down.cols() << ", expected "
-                                        << gate.cols() << "x" << gate.rows());
+              "FFN weights: W_down is " << down.rows() << "x" << down.cols() << ", expected " << gate.cols()
+                                        << "x" << gate.rows());
     return FfnWeightsView<T>(gate.data(), up.data(), down.data(), gate.rows(), gate.cols());
   }
 };
@@ -85,6 +84,10 @@ namespace detail {
 /// operations whatever the pool size (bitwise determinism).
 constexpr Index kColumnBlock = 256;
 
+/// Up to this many token rows, an expert's products run column by column (matrix-vector
+/// products) instead of as one GEMM (see MOE_FEW_ROWS in config.hpp).
+constexpr Index kFewRows = MOE_FEW_ROWS;
+
 inline Index num_column_blocks(Index cols) { return (cols + kColumnBlock - 1) / kColumnBlock; }
 
 /// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = (x·W_up[:, blk]) ⊙ Swish(g).
@@ -94,8 +97,17 @@ void swiglu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Ind
   const Index width = std::min(kColumnBlock, w.hidden_dim() - c0);
   auto gb = g.middleCols(c0, width);
   auto hb = h.middleCols(c0, width);
-  gb.noalias() = x * w.gate.middleCols(c0, width);
-  hb.noalias() = x * w.up.middleCols(c0, width);
+  if (x.rows() <= kFewRows) {
+    // Few tokens: one weight column at a time (it stays in L1 while every token row uses it),
+    // so the weights stream from memory once. A GEMM would repack them for a handful of rows.
+    for (Index j = 0; j < width; ++j) {
+      gb.col(j).noalias() = x * w.gate.col(c0 + j);
+      hb.col(j).noalias() = x * w.up.col(c0 + j);
+    }
+  } else {
+    gb.noalias() = x * w.gate.middleCols(c0, width);
+    hb.noalias() = x * w.up.middleCols(c0, width);
+  }
   for (Index r = 0; r < hb.rows(); ++r)
     for (Index c = 0; c < width; ++c) hb(r, c) *= silu(gb(r, c));
 }
@@ -105,7 +117,11 @@ template <class T, class H, class Y>
 void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) {
   const Index c0 = block * kColumnBlock;
   const Index width = std::min(kColumnBlock, w.model_dim() - c0);
-  y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
+  if (h.rows() <= kFewRows) {
+    for (Index j = 0; j < width; ++j) y.col(c0 + j).noalias() = h * w.down.col(c0 + j);
+  } else {
+    y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
+  }
 }
 
 }  // namespace detail
@@ -116,20 +132,19 @@ void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) 
 /// Work is split in fixed column blocks over `pool` (nullptr: the calling thread only); the
 /// result is bitwise the same for any pool size. After the call, ws.hidden(T, m) holds h.
 template <class T>
-void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> y,
-                 FfnWorkspace<T>& ws, ThreadPool* pool = nullptr) {
+void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> y, FfnWorkspace<T>& ws,
+                 ThreadPool* pool = nullptr) {
   const Index d = w.model_dim(), m = w.hidden_dim(), tokens = x.rows();
   MOE_CHECK(x.cols() == d, "ffn_forward: x has " << x.cols() << " columns, the FFN expects d=" << d);
-  MOE_CHECK(y.rows() == tokens && y.cols() == d, "ffn_forward: y is " << y.rows() << "x" << y.cols()
-                                                  << ", expected " << tokens << "x" << d);
+  MOE_CHECK(y.rows() == tokens && y.cols() == d,
+            "ffn_forward: y is " << y.rows() << "x" << y.cols() << ", expected " << tokens << "x" << d);
   if (tokens == 0) return;
   ws.reserve(tokens, m);
   auto g = ws.gate_out(tokens, m);
   auto h = ws.hidden(tokens, m);
   parallel_for(pool, detail::num_column_blocks(m),
                [&](Index b) { detail::swiglu_hidden_block(w, x, g, h, b); });
-  parallel_for(pool, detail::num_column_blocks(d),
-               [&](Index b) { detail::down_proj_block(w, h, y, b); });
+  parallel_for(pool, detail::num_column_blocks(d), [&](Index b) { detail::down_proj_block(w, h, y, b); });
 }
 
 }  // namespace moe

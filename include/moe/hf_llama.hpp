@@ -21,8 +21,8 @@ inline std::pair<Index, Index> llama_ffn_shape(const SafeTensorsFile& file, int 
   MOE_CHECK(g.shape.size() == 2 && u.shape == g.shape,
             "LLaMA layer " << layer << ": gate_proj and up_proj must both be [d_h, d]");
   MOE_CHECK(dn.shape.size() == 2 && dn.shape[0] == g.shape[1] && dn.shape[1] == g.shape[0],
-            "LLaMA layer " << layer << ": down_proj must be [d, d_h] = [" << g.shape[1] << ", "
-                           << g.shape[0] << "]");
+            "LLaMA layer " << layer << ": down_proj must be [d, d_h] = [" << g.shape[1] << ", " << g.shape[0]
+                           << "]");
   MOE_CHECK(g.shape[0] > 0 && g.shape[1] > 0, "LLaMA layer " << layer << ": empty FFN weights");
   MOE_CHECK(g.dtype == u.dtype && g.dtype == dn.dtype, "LLaMA layer " << layer << ": FFN weights mix dtypes");
   return {static_cast<Index>(g.shape[1]), static_cast<Index>(g.shape[0])};

@@ -14,8 +14,8 @@ namespace moe {
 template <class T>
 void ffn_grad_hidden(const ConstRowRef<T>& grad_y, const Eigen::Ref<const ColMatrix<T>>& w_down,
                      RowRef<T> grad_h) {
-  MOE_CHECK(grad_y.cols() == w_down.cols(), "ffn_grad_hidden: dL/dy has " << grad_y.cols()
-                                                << " columns, W_down has d=" << w_down.cols());
+  MOE_CHECK(grad_y.cols() == w_down.cols(),
+            "ffn_grad_hidden: dL/dy has " << grad_y.cols() << " columns, W_down has d=" << w_down.cols());
   MOE_CHECK(grad_h.rows() == grad_y.rows() && grad_h.cols() == w_down.rows(),
             "ffn_grad_hidden: dL/dh is " << grad_h.rows() << "x" << grad_h.cols() << ", expected "
                                          << grad_y.rows() << "x" << w_down.rows());
@@ -36,21 +36,21 @@ class NeuronImportance {
   template <class T>
   void add(const ConstRowRef<T>& h, const ConstRowRef<T>& grad_h) {
     MOE_CHECK(h.cols() == values_.size() && grad_h.cols() == values_.size() && h.rows() == grad_h.rows(),
-              "NeuronImportance::add: h is " << h.rows() << "x" << h.cols() << ", dL/dh is "
-                                             << grad_h.rows() << "x" << grad_h.cols() << ", expected Tx"
-                                             << values_.size() << " for both");
+              "NeuronImportance::add: h is " << h.rows() << "x" << h.cols() << ", dL/dh is " << grad_h.rows()
+                                             << "x" << grad_h.cols() << ", expected Tx" << values_.size()
+                                             << " for both");
     for (Index t = 0; t < h.rows(); ++t)
       for (Index i = 0; i < h.cols(); ++i) {
         const double v = std::abs(static_cast<double>(h(t, i)) * static_cast<double>(grad_h(t, i)));
-        MOE_CHECK(std::isfinite(v), "NeuronImportance::add: |h ⊙ dL/dh| is " << v << " at token " << t
-                                                                               << ", neuron " << i);
+        MOE_CHECK(std::isfinite(v),
+                  "NeuronImportance::add: |h ⊙ dL/dh| is " << v << " at token " << t << ", neuron " << i);
         values_[i] += v;
       }
     tokens_ += h.rows();
   }
 
   const Eigen::VectorXd& values() const { return values_; }  ///< v, d_h values
-  Index tokens() const { return tokens_; }                    ///< tokens accumulated so far
+  Index tokens() const { return tokens_; }                   ///< tokens accumulated so far
   void reset() {
     values_.setZero();
     tokens_ = 0;

@@ -20,9 +20,9 @@
 namespace moe {
 
 struct MoEConfig {
-  int top_k = 2;                                 ///< k, 1 <= k <= N
+  int top_k = 2;                                ///< k, 1 <= k <= N
   TopKWeights weights = TopKWeights::kSoftmax;  ///< reference semantics by default
-  std::optional<double> scale;                   ///< formula (6); unset: N/k
+  std::optional<double> scale;                  ///< formula (6); unset: N/k
 
   // A constructor rather than an aggregate so `{k}` and `{k, weights}` need no warning-prone
   // partial initialisation.
@@ -33,8 +33,8 @@ struct MoEConfig {
 /// What one forward routed where (opt-in: pass a pointer to forward()).
 template <class T>
 struct RoutingRecord {
-  IdMatrix expert_ids;                  ///< T x k, best first
-  RowMatrix<T> weights;                 ///< T x k, G(x)_i as combined (before the rescale)
+  IdMatrix expert_ids;                   ///< T x k, best first
+  RowMatrix<T> weights;                  ///< T x k, G(x)_i as combined (before the rescale)
   std::vector<Index> tokens_per_expert;  ///< N
 };
 
@@ -102,8 +102,8 @@ class MoELayer {
                RoutingRecord<T>* record = nullptr) const {
     MOE_CHECK(router_.size() > 0, "MoELayer::forward: this layer has no router weight; use forward_routed");
     const Index tokens = x.rows(), k = config_.top_k;
-    MOE_CHECK(x.cols() == model_dim(), "MoELayer::forward: x has " << x.cols()
-                                           << " columns, the layer expects d=" << model_dim());
+    MOE_CHECK(x.cols() == model_dim(),
+              "MoELayer::forward: x has " << x.cols() << " columns, the layer expects d=" << model_dim());
     ws.reserve(*this, tokens, k);
     Eigen::Map<RowMatrix<T>> logits(ws.logits_.data(), tokens, num_experts());
     Eigen::Map<IdMatrix> ids(ws.ids_.data(), tokens, k);
@@ -124,13 +124,13 @@ class MoELayer {
     MOE_CHECK(y.rows() == tokens && y.cols() == d,
               "MoELayer: y is " << y.rows() << "x" << y.cols() << ", expected " << tokens << "x" << d);
     MOE_CHECK(ids.rows() == tokens && weights.rows() == tokens && weights.cols() == k,
-              "MoELayer: routing is ids " << ids.rows() << "x" << k << ", weights " << weights.rows()
-                                          << "x" << weights.cols() << "; expected " << tokens << "xk");
+              "MoELayer: routing is ids " << ids.rows() << "x" << k << ", weights " << weights.rows() << "x"
+                                          << weights.cols() << "; expected " << tokens << "xk");
     MOE_CHECK(k >= 1 && k <= n, "MoELayer: routing has k=" << k << ", must be in [1, N=" << n << "]");
     for (Index t = 0; t < tokens; ++t)
       for (Index s = 0; s < k; ++s)
-        MOE_CHECK(std::isfinite(weights(t, s)), "MoELayer: routing weight of token " << t << " slot "
-                                                    << s << " is " << weights(t, s));
+        MOE_CHECK(std::isfinite(weights(t, s)),
+                  "MoELayer: routing weight of token " << t << " slot " << s << " is " << weights(t, s));
     ws.reserve(*this, tokens, k);
     ExpertDispatch& dp = ws.dispatch_;
     build_dispatch(ids, n, dp);
@@ -144,7 +144,8 @@ class MoELayer {
       const Index c = dp.counts[static_cast<std::size_t>(e)];
       hoff[static_cast<std::size_t>(e) + 1] = hoff[static_cast<std::size_t>(e)] + c * expert(e).hidden_dim();
       if (c == 0) continue;
-      for (Index b = 0; b < detail::num_column_blocks(expert(e).hidden_dim()); ++b) ws.tasks_.emplace_back(e, b);
+      for (Index b = 0; b < detail::num_column_blocks(expert(e).hidden_dim()); ++b)
+        ws.tasks_.emplace_back(e, b);
     }
     const auto hidden_tasks = static_cast<Index>(ws.tasks_.size());
     for (int e = 0; e < n; ++e) {
@@ -202,11 +203,11 @@ class MoELayer {
     MOE_CHECK(!experts_.empty(), "MoELayer: no experts (N = 0)");
     const Index d = experts_.front().model_dim();
     for (std::size_t e = 0; e < experts_.size(); ++e)
-      MOE_CHECK(experts_[e].model_dim() == d, "MoELayer: expert " << e << " has d=" << experts_[e].model_dim()
-                                                                  << ", expert 0 has d=" << d);
+      MOE_CHECK(experts_[e].model_dim() == d,
+                "MoELayer: expert " << e << " has d=" << experts_[e].model_dim() << ", expert 0 has d=" << d);
     MOE_CHECK(router_.size() == 0 || (router_.rows() == d && router_.cols() == num_experts()),
-              "MoELayer: router weight is " << router_.rows() << "x" << router_.cols() << ", expected d x N = "
-                                            << d << "x" << num_experts());
+              "MoELayer: router weight is " << router_.rows() << "x" << router_.cols()
+                                            << ", expected d x N = " << d << "x" << num_experts());
     MOE_CHECK(config_.top_k >= 1 && config_.top_k <= num_experts(),
               "MoELayer: k=" << config_.top_k << " must be in [1, N=" << num_experts() << "]");
     scale_ = config_.scale ? *config_.scale : default_scale(num_experts(), config_.top_k);

@@ -27,8 +27,9 @@ class ExpertPartition {
     for (std::size_t j = 0; j < sets_.size(); ++j) {
       MOE_CHECK(!sets_[j].empty(), "ExpertPartition: expert " << j << " has no neurons");
       for (const std::int32_t i : sets_[j]) {
-        MOE_CHECK(i >= 0 && i < hidden_dim_, "ExpertPartition: expert " << j << " has neuron index "
-                                                 << i << " outside [0, " << hidden_dim_ << ")");
+        MOE_CHECK(i >= 0 && i < hidden_dim_, "ExpertPartition: expert " << j << " has neuron index " << i
+                                                                        << " outside [0, " << hidden_dim_
+                                                                        << ")");
         const auto u = static_cast<std::size_t>(i);
         MOE_CHECK(seen_in[u] != static_cast<std::int32_t>(j),
                   "ExpertPartition: expert " << j << " lists neuron " << i << " twice");
@@ -46,10 +47,11 @@ class ExpertPartition {
   /// change the math, and sorted sets slice with better locality). Same seed, same partition, on
   /// every platform.
   static ExpertPartition independent_random(Index hidden_dim, int num_experts, std::uint64_t seed) {
-    MOE_CHECK(num_experts > 0, "independent_random: number of experts N must be positive, got "
-                                   << num_experts);
-    MOE_CHECK(hidden_dim >= num_experts, "independent_random: cannot split d_h=" << hidden_dim
-                                             << " neurons into N=" << num_experts << " non-empty experts");
+    MOE_CHECK(num_experts > 0,
+              "independent_random: number of experts N must be positive, got " << num_experts);
+    MOE_CHECK(hidden_dim >= num_experts,
+              "independent_random: cannot split d_h=" << hidden_dim << " neurons into N=" << num_experts
+                                                      << " non-empty experts");
     std::vector<std::int32_t> perm(static_cast<std::size_t>(hidden_dim));
     for (std::size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<std::int32_t>(i);
     detail::SplitMix64 rng(seed);
@@ -68,15 +70,15 @@ class ExpertPartition {
   }
 
   int num_experts() const { return static_cast<int>(sets_.size()); }  ///< N
-  Index hidden_dim() const { return hidden_dim_; }                      ///< d_h
+  Index hidden_dim() const { return hidden_dim_; }                    ///< d_h
   /// S_j, the neuron indices of expert j.
   const std::vector<std::int32_t>& expert(int j) const {
-    MOE_CHECK(j >= 0 && j < num_experts(), "ExpertPartition: expert " << j << " out of range [0, "
-                                                << num_experts() << ")");
+    MOE_CHECK(j >= 0 && j < num_experts(),
+              "ExpertPartition: expert " << j << " out of range [0, " << num_experts() << ")");
     return sets_[static_cast<std::size_t>(j)];
   }
   Index expert_size(int j) const { return static_cast<Index>(expert(j).size()); }  ///< m_j
-  bool is_disjoint() const { return disjoint_; }  ///< no neuron in two experts
+  bool is_disjoint() const { return disjoint_; }   ///< no neuron in two experts
   bool covers_all() const { return covers_all_; }  ///< every neuron in some expert
 
  private:

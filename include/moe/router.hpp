@@ -32,11 +32,11 @@ struct TopKRouting {
 template <class T>
 void router_logits(const ConstRowRef<T>& x, const Eigen::Ref<const ColMatrix<T>>& w_router,
                    RowRef<T> logits) {
-  MOE_CHECK(x.cols() == w_router.rows(), "router_logits: x has " << x.cols()
-                                             << " columns, router weight expects d=" << w_router.rows());
+  MOE_CHECK(x.cols() == w_router.rows(),
+            "router_logits: x has " << x.cols() << " columns, router weight expects d=" << w_router.rows());
   MOE_CHECK(logits.rows() == x.rows() && logits.cols() == w_router.cols(),
-            "router_logits: logits is " << logits.rows() << "x" << logits.cols() << ", expected "
-                                        << x.rows() << "x" << w_router.cols());
+            "router_logits: logits is " << logits.rows() << "x" << logits.cols() << ", expected " << x.rows()
+                                        << "x" << w_router.cols());
   logits.noalias() = x * w_router;
 }
 
@@ -62,8 +62,8 @@ void route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode, Eigen::R
     const T* z = logits.row(t).data();
     T zmax = z[0];
     for (int e = 0; e < nn; ++e) {
-      MOE_CHECK(std::isfinite(z[e]), "route_top_k: router logit for token " << t << ", expert " << e
-                                                                            << " is " << z[e]);
+      MOE_CHECK(std::isfinite(z[e]),
+                "route_top_k: router logit for token " << t << ", expert " << e << " is " << z[e]);
       zmax = z[e] > zmax ? z[e] : zmax;
     }
     T sum = T(0);
@@ -84,8 +84,8 @@ void route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode, Eigen::R
 /// Convenience overload returning a new TopKRouting (allocates).
 template <class T>
 TopKRouting<T> route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode) {
-  MOE_CHECK(k >= 1 && k <= logits.cols(), "route_top_k: k=" << k << " must be in [1, N="
-                                                             << logits.cols() << "]");
+  MOE_CHECK(k >= 1 && k <= logits.cols(),
+            "route_top_k: k=" << k << " must be in [1, N=" << logits.cols() << "]");
   TopKRouting<T> r{IdMatrix(logits.rows(), k), RowMatrix<T>(logits.rows(), k)};
   route_top_k<T>(logits, k, mode, r.ids, r.weights);
   return r;

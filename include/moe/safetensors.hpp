@@ -34,20 +34,26 @@ struct DtypeName {
   std::size_t bytes;
 };
 inline constexpr DtypeName kDtypes[] = {
-    {"BOOL", Dtype::BOOL, 1}, {"U8", Dtype::U8, 1},     {"I8", Dtype::I8, 1},
+    {"BOOL", Dtype::BOOL, 1},       {"U8", Dtype::U8, 1},           {"I8", Dtype::I8, 1},
     {"F8_E5M2", Dtype::F8_E5M2, 1}, {"F8_E4M3", Dtype::F8_E4M3, 1}, {"I16", Dtype::I16, 2},
-    {"U16", Dtype::U16, 2},   {"F16", Dtype::F16, 2},   {"BF16", Dtype::BF16, 2},
-    {"I32", Dtype::I32, 4},   {"U32", Dtype::U32, 4},   {"F32", Dtype::F32, 4},
-    {"I64", Dtype::I64, 8},   {"U64", Dtype::U64, 8},   {"F64", Dtype::F64, 8}};
+    {"U16", Dtype::U16, 2},         {"F16", Dtype::F16, 2},         {"BF16", Dtype::BF16, 2},
+    {"I32", Dtype::I32, 4},         {"U32", Dtype::U32, 4},         {"F32", Dtype::F32, 4},
+    {"I64", Dtype::I64, 8},         {"U64", Dtype::U64, 8},         {"F64", Dtype::F64, 8}};
 
 template <class T>
 constexpr bool dtype_matches(Dtype d) {
-  if constexpr (std::is_same_v<T, float>) return d == Dtype::F32;
-  else if constexpr (std::is_same_v<T, double>) return d == Dtype::F64;
-  else if constexpr (std::is_same_v<T, std::int32_t>) return d == Dtype::I32;
-  else if constexpr (std::is_same_v<T, std::int64_t>) return d == Dtype::I64;
-  else if constexpr (std::is_same_v<T, std::uint8_t>) return d == Dtype::U8 || d == Dtype::BOOL;
-  else return false;
+  if constexpr (std::is_same_v<T, float>)
+    return d == Dtype::F32;
+  else if constexpr (std::is_same_v<T, double>)
+    return d == Dtype::F64;
+  else if constexpr (std::is_same_v<T, std::int32_t>)
+    return d == Dtype::I32;
+  else if constexpr (std::is_same_v<T, std::int64_t>)
+    return d == Dtype::I64;
+  else if constexpr (std::is_same_v<T, std::uint8_t>)
+    return d == Dtype::U8 || d == Dtype::BOOL;
+  else
+    return false;
 }
 }  // namespace detail
 
@@ -160,8 +166,8 @@ class SafeTensorsFile {
   template <class T>
   Eigen::Map<const RowMatrix<T>> matrix(const std::string& name) const {
     const TensorInfo& t = info(name);
-    MOE_CHECK(t.shape.size() == 2, "safetensors: tensor '" << name << "' has " << t.shape.size()
-                                                          << " dimensions, expected 2");
+    MOE_CHECK(t.shape.size() == 2,
+              "safetensors: tensor '" << name << "' has " << t.shape.size() << " dimensions, expected 2");
     return {typed<T>(t), static_cast<Index>(t.shape[0]), static_cast<Index>(t.shape[1])};
   }
 
@@ -173,13 +179,24 @@ class SafeTensorsFile {
     std::vector<float> out(static_cast<std::size_t>(t.numel()));
     for (std::size_t i = 0; i < out.size(); ++i) {
       switch (t.dtype) {
-        case Dtype::F32: std::memcpy(&out[i], p + 4 * i, 4); break;
-        case Dtype::F64: { double v; std::memcpy(&v, p + 8 * i, 8); out[i] = static_cast<float>(v); break; }
-        case Dtype::F16: out[i] = detail::f16_to_float(load_u16(p + 2 * i)); break;
-        case Dtype::BF16: out[i] = detail::bf16_to_float(load_u16(p + 2 * i)); break;
+        case Dtype::F32:
+          std::memcpy(&out[i], p + 4 * i, 4);
+          break;
+        case Dtype::F64: {
+          double v;
+          std::memcpy(&v, p + 8 * i, 8);
+          out[i] = static_cast<float>(v);
+          break;
+        }
+        case Dtype::F16:
+          out[i] = detail::f16_to_float(load_u16(p + 2 * i));
+          break;
+        case Dtype::BF16:
+          out[i] = detail::bf16_to_float(load_u16(p + 2 * i));
+          break;
         default:
           MOE_CHECK(false, "safetensors: tensor '" << name << "' has dtype " << dtype_name(t.dtype)
-                                                  << "; only F32, F64, F16 and BF16 convert to float");
+                                                   << "; only F32, F64, F16 and BF16 convert to float");
       }
     }
     return out;
@@ -195,8 +212,9 @@ class SafeTensorsFile {
   template <class T>
   const T* typed(const TensorInfo& t) const {
     MOE_CHECK(detail::dtype_matches<T>(t.dtype), "safetensors: tensor '" << t.name << "' is "
-                                                 << dtype_name(t.dtype) << ", not the requested type; "
-                                                 << "use to_float() to convert");
+                                                                         << dtype_name(t.dtype)
+                                                                         << ", not the requested type; "
+                                                                         << "use to_float() to convert");
     const unsigned char* p = data_ + t.begin;
     MOE_CHECK(reinterpret_cast<std::uintptr_t>(p) % alignof(T) == 0,
               "safetensors: tensor '" << t.name << "' starts at a byte offset not aligned for "
@@ -211,15 +229,16 @@ class SafeTensorsFile {
 
   void parse() {
     const std::string& f = path_;
-    MOE_CHECK(size_ >= 8, "safetensors: '" << f << "' is " << size_
-                                           << " bytes, too short for the 8-byte header length");
+    MOE_CHECK(size_ >= 8,
+              "safetensors: '" << f << "' is " << size_ << " bytes, too short for the 8-byte header length");
     std::uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | base_[i];
     MOE_CHECK(header_len <= kMaxHeaderBytes, "safetensors: '" << f << "' declares a " << header_len
-                                             << "-byte header, over the " << kMaxHeaderBytes << "-byte limit");
+                                                              << "-byte header, over the " << kMaxHeaderBytes
+                                                              << "-byte limit");
     MOE_CHECK(header_len <= size_ - 8, "safetensors: '" << f << "' declares a " << header_len
-                                       << "-byte header but only " << size_ - 8
-                                       << " bytes follow the length (truncated file?)");
+                                                        << "-byte header but only " << size_ - 8
+                                                        << " bytes follow the length (truncated file?)");
     data_ = base_ + 8 + header_len;
     const std::size_t data_size = size_ - 8 - static_cast<std::size_t>(header_len);
     nlohmann::json header;
@@ -251,16 +270,17 @@ class SafeTensorsFile {
     const TensorInfo* prev = nullptr;
     for (const TensorInfo* t : order) {
       MOE_CHECK(t->end <= data_size, "safetensors: '" << f << "' tensor '" << t->name << "' ends at byte "
-                                     << t->end << " of a " << data_size << "-byte data buffer (truncated file?)");
-      MOE_CHECK(t->begin >= expected, "safetensors: '" << f << "' tensors '" << prev->name << "' and '"
-                                      << t->name << "' overlap");
+                                                      << t->end << " of a " << data_size
+                                                      << "-byte data buffer (truncated file?)");
+      MOE_CHECK(t->begin >= expected,
+                "safetensors: '" << f << "' tensors '" << prev->name << "' and '" << t->name << "' overlap");
       MOE_CHECK(t->begin == expected, "safetensors: '" << f << "' has " << t->begin - expected
-                                      << " unused bytes before tensor '" << t->name << "'");
+                                                       << " unused bytes before tensor '" << t->name << "'");
       expected = t->end;
       prev = t;
     }
     MOE_CHECK(expected == data_size, "safetensors: '" << f << "' has " << data_size - expected
-                                     << " bytes after the last tensor's data");
+                                                      << " bytes after the last tensor's data");
   }
 
   TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry) const {
@@ -293,8 +313,8 @@ class SafeTensorsFile {
               where << " has no 'data_offsets' pair of non-negative integers");
     const auto begin = (*off)[0].get<std::uint64_t>(), end = (*off)[1].get<std::uint64_t>();
     MOE_CHECK(begin <= end, where << " has data_offsets [" << begin << ", " << end << "] with begin > end");
-    MOE_CHECK(end - begin == bytes, where << " holds " << end - begin << " bytes but dtype "
-                                          << known->name << " x shape needs " << bytes);
+    MOE_CHECK(end - begin == bytes, where << " holds " << end - begin << " bytes but dtype " << known->name
+                                          << " x shape needs " << bytes);
     t.begin = static_cast<std::size_t>(begin);
     t.end = static_cast<std::size_t>(end);
     return t;

@@ -31,8 +31,7 @@ FfnWeights<T> slice_expert(const FfnWeightsView<T>& dense, const std::vector<std
 
 /// All N experts of `partition` (formula 3 for each S_j). The partition's d_h must match.
 template <class T>
-std::vector<FfnWeights<T>> slice_experts(const FfnWeightsView<T>& dense,
-                                         const ExpertPartition& partition) {
+std::vector<FfnWeights<T>> slice_experts(const FfnWeightsView<T>& dense, const ExpertPartition& partition) {
   MOE_CHECK(partition.hidden_dim() == dense.hidden_dim(),
             "slice_experts: partition is over d_h=" << partition.hidden_dim()
                                                     << " neurons, the dense FFN has " << dense.hidden_dim());

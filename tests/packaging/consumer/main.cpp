@@ -5,7 +5,8 @@
 
 int main() {
   const moe::Index d = 4, dh = 8;
-  moe::ColMatrix<float> wg = moe::ColMatrix<float>::Constant(d, dh, 0.1f), wd = moe::ColMatrix<float>::Constant(dh, d, 0.2f);
+  moe::ColMatrix<float> wg = moe::ColMatrix<float>::Constant(d, dh, 0.1f),
+                        wd = moe::ColMatrix<float>::Constant(dh, d, 0.2f);
   moe::FfnWeightsView<float> dense(wg.data(), wg.data(), wd.data(), d, dh);
   const auto part = moe::ExpertPartition::independent_random(dh, 2, 1);
   // k = N = 2, weights renormalised, scale 1: y = p0 E0 + p1 E1 with p0 + p1 = 1; the experts are
