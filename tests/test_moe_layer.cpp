@@ -177,3 +177,21 @@ TEST_CASE("MoELayer rejects bad configurations and inputs", "[moe_layer]") {
   const MoELayer<float> no_router(experts(), ColMatrix<float>(), {2});
   CHECK_THROWS_WITH(no_router.forward(x, y, ws), Catch::Contains("no router weight"));
 }
+
+TEST_CASE("MoELayer handles zero tokens and a routing with another k", "[moe_layer]") {
+  Fixture<double> f(10, 40, 4, 8);
+  const MoELayer<double> layer = f.layer({2, TopKWeights::kSoftmax, 1.0});
+  MoEWorkspace<double> ws;
+  RowMatrix<double> x0(0, 10), y0(0, 10);
+  layer.forward(x0, y0, ws);
+  CHECK(ws.dispatch().offsets.back() == 0);
+  // forward_routed accepts any k' <= N: here all four experts with weight 1 and scale 1, which
+  // for a disjoint covering partition is the dense FFN (formula 3's identity).
+  const auto x = testutil::random_matrix<RowMatrix<double>>(3, 10, 2);
+  IdMatrix ids(3, 4);
+  ids << 0, 1, 2, 3, 3, 2, 1, 0, 2, 0, 3, 1;
+  const RowMatrix<double> w = RowMatrix<double>::Ones(3, 4);
+  RowMatrix<double> y(3, 10);
+  layer.forward_routed(x, ids, w, y, ws);
+  CHECK(testutil::rel_err(y, ref::ffn(x, f.wg, f.wu, f.wd)) < 1e-12);
+}
