@@ -68,7 +68,7 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
                               {2});
   RowMatrix<float> y(tokens, d);
   FfnWorkspace<float> fws;
-  fws.reserve(tokens, dh);
+  fws.reserve(tokens, d, dh);
   MoEWorkspace<float> ws;
   ws.reserve(layer, tokens);
   ThreadPool pool(2);

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -155,39 +154,47 @@ class MoELayer {
     const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - hidden_tasks;
 
     const Index rows = tokens * k;
-    Eigen::Map<RowMatrix<T>> xg(ws.xg_.data(), rows, d), yp(ws.yp_.data(), rows, d);
+    Eigen::Map<RowMatrix<T>> xg(ws.xg_.data(), rows, d);
     constexpr Index kRowChunk = 64;
     parallel_for(pool, (rows + kRowChunk - 1) / kRowChunk, [&](Index c) {
       for (Index r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r)
         xg.row(r) = x.row(dp.token[static_cast<std::size_t>(r)]);
     });
-    // Views of expert e's slice of the permuted buffers.
-    auto expert_views = [&](int e) {
+    // Expert e's tokens, and its slices of the scratch buffers (layout by its row count).
+    auto with_expert = [&](int e, auto&& f) {
       const auto u = static_cast<std::size_t>(e);
-      const Index c = dp.counts[u], m = expert(e).hidden_dim();
-      return std::make_tuple(Eigen::Map<const RowMatrix<T>>(xg.data() + dp.offsets[u] * d, c, d),
-                             Eigen::Map<RowMatrix<T>>(ws.g_.data() + hoff[u], c, m),
-                             Eigen::Map<RowMatrix<T>>(ws.h_.data() + hoff[u], c, m),
-                             Eigen::Map<RowMatrix<T>>(yp.data() + dp.offsets[u] * d, c, d));
+      const Index c = dp.counts[u];
+      const Eigen::Map<const RowMatrix<T>> xe(xg.data() + dp.offsets[u] * d, c, d);
+      detail::with_scratch_layout(c, expert(e).hidden_dim(), d, ws.g_.data() + hoff[u],
+                                  ws.h_.data() + hoff[u], ws.yp_.data() + dp.offsets[u] * d,
+                                  [&](auto& g, auto& h, auto& ye) { f(xe, g, h, ye); });
     };
     parallel_for(pool, hidden_tasks, [&](Index i) {
       const auto [e, b] = ws.tasks_[static_cast<std::size_t>(i)];
-      auto [xe, ge, he, ye] = expert_views(e);
-      detail::swiglu_hidden_block(expert(e), xe, ge, he, b);
+      with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
+        detail::swiglu_hidden_block(expert(e), xe, g, h, b);
+      });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
       const auto [e, b] = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)];
-      auto [xe, ge, he, ye] = expert_views(e);
-      detail::down_proj_block(expert(e), he, ye, b);
+      with_expert(
+          e, [&](const auto&, auto&, auto& h, auto& ye) { detail::down_proj_block(expert(e), h, ye, b); });
     });
     // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
     const T scale = static_cast<T>(scale_);
     constexpr Index kTokenChunk = 16;
     parallel_for(pool, (tokens + kTokenChunk - 1) / kTokenChunk, [&](Index c) {
       for (Index t = c * kTokenChunk; t < std::min(tokens, (c + 1) * kTokenChunk); ++t) {
-        const Index* row = dp.row_of.data() + t * k;
-        y.row(t) = weights(t, 0) * yp.row(row[0]);
-        for (Index s = 1; s < k; ++s) y.row(t) += weights(t, s) * yp.row(row[s]);
+        for (Index s = 0; s < k; ++s) {
+          const auto e = static_cast<std::size_t>(ids(t, s));
+          const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
+          const auto row = detail::scratch_row(ws.yp_.data() + dp.offsets[e] * d, dp.counts[e], d, local);
+          if (s == 0) {
+            y.row(t) = weights(t, s) * row;
+          } else {
+            y.row(t) += weights(t, s) * row;
+          }
+        }
         y.row(t) *= scale;
       }
     });
