@@ -1,17 +1,18 @@
 // moe — umbrella header: LLaMA-MoE layer primitives (Zhu et al. 2024, arXiv 2406.16554).
 #pragma once
 
-#include "moe/aggregate.hpp"    // formula (2) aggregation, formula (6) rescale
-#include "moe/config.hpp"       // MOE_CHECK, moe::Error
-#include "moe/dispatch.hpp"     // stable counting sort of (token, slot) pairs by expert
-#include "moe/ffn.hpp"          // formulas (1), (4): SwiGLU FFN
-#include "moe/hf_llama.hpp"     // Hugging Face LLaMA FFN weights, zero-copy
-#include "moe/importance.hpp"   // formula (5) and dL/dh = dL/dy W_down^T
-#include "moe/math.hpp"         // sigmoid, SiLU, softmax, top-k over N values
-#include "moe/moe_layer.hpp"    // MoELayer: route, dispatch, experts, combine, rescale
-#include "moe/partition.hpp"    // ExpertPartition, IndependentRandom
-#include "moe/router.hpp"       // formula (2) top-k gate
-#include "moe/safetensors.hpp"  // safetensors reader
-#include "moe/slicing.hpp"      // formula (3): expert slicing
-#include "moe/thread_pool.hpp"  // caller-owned thread pool
-#include "moe/types.hpp"        // RowMatrix, ColMatrix
+#include "moe/aggregate.hpp"           // formula (2) aggregation, formula (6) rescale
+#include "moe/config.hpp"              // MOE_CHECK, moe::Error
+#include "moe/dispatch.hpp"            // stable counting sort of (token, slot) pairs by expert
+#include "moe/ffn.hpp"                 // formulas (1), (4): SwiGLU FFN
+#include "moe/hf_llama.hpp"            // Hugging Face LLaMA FFN weights, zero-copy
+#include "moe/importance.hpp"          // formula (5) and dL/dh = dL/dy W_down^T
+#include "moe/math.hpp"                // sigmoid, SiLU, softmax, top-k over N values
+#include "moe/moe_layer.hpp"           // MoELayer: route, dispatch, experts, combine, rescale
+#include "moe/partition.hpp"           // ExpertPartition, IndependentRandom
+#include "moe/router.hpp"              // formula (2) top-k gate
+#include "moe/safetensors.hpp"         // safetensors reader
+#include "moe/safetensors_writer.hpp"  // safetensors writer
+#include "moe/slicing.hpp"             // formula (3): expert slicing
+#include "moe/thread_pool.hpp"         // caller-owned thread pool
+#include "moe/types.hpp"               // RowMatrix, ColMatrix
