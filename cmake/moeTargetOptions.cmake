@@ -1,6 +1,8 @@
 # Flags for moe's own executables (tests, examples, benchmarks) — never put on the INTERFACE target,
 # so consumers keep their own warning and optimisation choices.
 function(moe_target_options target)
+  # An explicit -std=c++17 (no GNU extensions) so tools reading compile_commands.json agree.
+  set_target_properties(${target} PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON CXX_EXTENSIONS OFF)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
   if(MOE_WERROR)
     target_compile_options(${target} PRIVATE -Werror)

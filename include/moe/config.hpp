@@ -47,6 +47,7 @@ namespace detail {
 /// MOE_CHECK(cond, msg): throws moe::Error with `msg` (a stream expression, e.g.
 /// "k=" << k << " exceeds N=" << n) and the file and line when `cond` is false.
 /// Host code only; device code never throws.
+// NOLINTBEGIN(bugprone-macro-parentheses): msg is a << chain, parentheses would break it
 #define MOE_CHECK(cond, msg)                                               \
   do {                                                                     \
     if (!(cond)) {                                                         \
@@ -55,3 +56,4 @@ namespace detail {
       ::moe::detail::throw_error(__FILE__, __LINE__, moe_check_os_.str()); \
     }                                                                      \
   } while (0)
+// NOLINTEND(bugprone-macro-parentheses)

@@ -170,13 +170,16 @@ class MoELayer {
                                   [&](auto& g, auto& h, auto& ye) { f(xe, g, h, ye); });
     };
     parallel_for(pool, hidden_tasks, [&](Index i) {
-      const auto [e, b] = ws.tasks_[static_cast<std::size_t>(i)];
+      // (Not a structured binding: C++17 lambdas cannot capture those; clang rejects it.)
+      const int e = ws.tasks_[static_cast<std::size_t>(i)].first;
+      const Index b = ws.tasks_[static_cast<std::size_t>(i)].second;
       with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
         detail::swiglu_hidden_block(expert(e), xe, g, h, b);
       });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
-      const auto [e, b] = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)];
+      const int e = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)].first;
+      const Index b = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)].second;
       with_expert(
           e, [&](const auto&, auto&, auto& h, auto& ye) { detail::down_proj_block(expert(e), h, ye, b); });
     });
@@ -185,15 +188,12 @@ class MoELayer {
     constexpr Index kTokenChunk = 16;
     parallel_for(pool, (tokens + kTokenChunk - 1) / kTokenChunk, [&](Index c) {
       for (Index t = c * kTokenChunk; t < std::min(tokens, (c + 1) * kTokenChunk); ++t) {
+        y.row(t).setZero();  // 0 + a == a exactly: the sum is still slot 0, then slot 1, ...
         for (Index s = 0; s < k; ++s) {
           const auto e = static_cast<std::size_t>(ids(t, s));
           const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
           const auto row = detail::scratch_row(ws.yp_.data() + dp.offsets[e] * d, dp.counts[e], d, local);
-          if (s == 0) {
-            y.row(t) = weights(t, s) * row;
-          } else {
-            y.row(t) += weights(t, s) * row;
-          }
+          y.row(t) += weights(t, s) * row;
         }
         y.row(t) *= scale;
       }
