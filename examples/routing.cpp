@@ -52,30 +52,38 @@ int main(int argc, char** argv) {
   std::string dir = "../shared/fixtures/tiny-llama", svg = "routing.svg";
   int layer_index = 1, n = 8, k = 2;
   std::uint64_t seed = 7;
-  for (int i = 1; i < argc; ++i) {
+  auto number = [](const std::string& opt, const char* v) {
+    char* end = nullptr;
+    const long long x = std::strtoll(v, &end, 10);
+    if (end == v || *end != '\0' || x < 0) {
+      std::fprintf(stderr, "routing: %s needs a non-negative integer, got '%s'\n", opt.c_str(), v);
+      std::exit(2);
+    }
+    return x;
+  };
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
-    const char* v = i + 1 < argc ? argv[i + 1] : nullptr;
-    if (!v) {
+    if (i + 1 >= argc) {
       std::fprintf(stderr, "routing: %s needs a value\n", a.c_str());
       return 2;
     }
-    if (a == "--fixtures")
+    const char* v = argv[i + 1];
+    if (a == "--fixtures") {
       dir = v;
-    else if (a == "--layer")
-      layer_index = std::atoi(v);
-    else if (a == "--experts")
-      n = std::atoi(v);
-    else if (a == "--top-k")
-      k = std::atoi(v);
-    else if (a == "--seed")
-      seed = std::strtoull(v, nullptr, 10);
-    else if (a == "--svg")
+    } else if (a == "--svg") {
       svg = v;
-    else {
+    } else if (a == "--layer") {
+      layer_index = static_cast<int>(number(a, v));
+    } else if (a == "--experts") {
+      n = static_cast<int>(number(a, v));
+    } else if (a == "--top-k") {
+      k = static_cast<int>(number(a, v));
+    } else if (a == "--seed") {
+      seed = static_cast<std::uint64_t>(number(a, v));
+    } else {
       std::fprintf(stderr, "routing: unknown option %s\n", a.c_str());
       return 2;
     }
-    ++i;
   }
   if (!std::ifstream(dir + "/model.safetensors") || !std::ifstream(dir + "/golden_ffn.safetensors")) {
     std::printf("routing: tiny-llama fixtures not found in '%s' (pass --fixtures DIR); skipping\n",
