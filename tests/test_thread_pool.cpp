@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <moe/thread_pool.hpp>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 using namespace moe;
@@ -31,4 +32,24 @@ TEST_CASE("ThreadPool rethrows a task's exception and stays usable", "[thread_po
   CHECK(n == 10);
   ThreadPool automatic(0);
   CHECK(automatic.size() >= 1);
+}
+
+TEST_CASE("ThreadPool runs nested and concurrent loops inline instead of deadlocking", "[thread_pool]") {
+  ThreadPool pool(2);
+  std::vector<std::atomic<int>> hits(64);
+  pool.parallel_for(8, [&](Index i) {
+    pool.parallel_for(8, [&](Index j) { ++hits[static_cast<std::size_t>(i * 8 + j)]; });  // nested
+  });
+  for (auto& h : hits) CHECK(h.load() == 1);
+  // Two threads share one pool: whichever finds it busy runs its loop itself.
+  std::vector<std::atomic<int>> a(1000), b(1000);
+  std::thread other([&] {
+    for (int r = 0; r < 20; ++r) pool.parallel_for(1000, [&](Index i) { ++a[static_cast<std::size_t>(i)]; });
+  });
+  for (int r = 0; r < 20; ++r) pool.parallel_for(1000, [&](Index i) { ++b[static_cast<std::size_t>(i)]; });
+  other.join();
+  for (std::size_t i = 0; i < 1000; ++i) {
+    REQUIRE(a[i].load() == 20);
+    REQUIRE(b[i].load() == 20);
+  }
 }

@@ -44,15 +44,21 @@ class ThreadPool {
   int size() const { return static_cast<int>(workers_.size()) + 1; }
 
   /// Runs fn(i) for every i in [0, n) and returns when all have run. The first exception thrown
-  /// by a task is rethrown here (tasks not yet started are skipped). Not reentrant: a task must
-  /// not call parallel_for on the same pool. Allocates nothing.
+  /// by a task is rethrown here (tasks not yet started are skipped). While the pool is busy — a
+  /// task calling parallel_for again, or a second thread sharing the pool — the new loop runs
+  /// inline on its caller: never a deadlock, and (tasks being thread-independent) the same
+  /// results. Allocates nothing.
   template <class F>
   void parallel_for(Index n, F&& fn) {
     if (n <= 0) return;
-    if (workers_.empty() || n == 1) {
+    if (workers_.empty() || n == 1 || in_use_.exchange(true)) {
       for (Index i = 0; i < n; ++i) fn(i);
       return;
     }
+    struct Release {
+      std::atomic<bool>& flag;
+      ~Release() { flag.store(false); }
+    } release{in_use_};
     using Fn = std::remove_reference_t<F>;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -115,6 +121,7 @@ class ThreadPool {
   void (*job_call_)(void*, Index) = nullptr;
   Index job_size_ = 0;
   std::atomic<Index> next_{0};
+  std::atomic<bool> in_use_{false};
   std::exception_ptr error_;
 };
 
