@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 #include <limits>
+#include <memory>
 #include <moe/moe_layer.hpp>
 #include <moe/slicing.hpp>
 
@@ -194,4 +195,25 @@ TEST_CASE("MoELayer handles zero tokens and a routing with another k", "[moe_lay
   RowMatrix<double> y(3, 10);
   layer.forward_routed(x, ids, w, y, ws);
   CHECK(testutil::rel_err(y, ref::ffn(x, f.wg, f.wu, f.wd)) < 1e-12);
+}
+
+TEST_CASE("A copied MoELayer owns its experts; a moved one keeps working", "[moe_layer]") {
+  Fixture<double> f(10, 40, 4, 11);
+  const auto x = testutil::random_matrix<RowMatrix<double>>(5, 10, 3);
+  RowMatrix<double> expect(5, 10), y(5, 10);
+  MoEWorkspace<double> ws;
+  auto original = std::make_unique<MoELayer<double>>(f.layer({2}));
+  original->forward(x, expect, ws);
+  MoELayer<double> copy(*original);
+  MoELayer<double> assigned = f.layer({1});
+  assigned = *original;
+  CHECK(copy.expert(0).gate.data() != original->expert(0).gate.data());  // its own weights
+  original.reset();  // a copy that viewed the original's weights would now read freed memory
+  copy.forward(x, y, ws);
+  CHECK(testutil::bitwise_equal(y, expect));
+  assigned.forward(x, y, ws);
+  CHECK(testutil::bitwise_equal(y, expect));
+  MoELayer<double> moved(std::move(copy));
+  moved.forward(x, y, ws);
+  CHECK(testutil::bitwise_equal(y, expect));
 }

@@ -87,6 +87,20 @@ class MoELayer {
       : experts_(std::move(experts)), router_(std::move(router)), config_(config) {
     validate();
   }
+  /// A copy of an owning layer owns copies of the experts and views them, never the original's
+  /// memory; a copy of a view layer views the same memory as the original.
+  MoELayer(const MoELayer& o)
+      : owned_(o.owned_),
+        experts_(o.owned_.empty() ? o.experts_ : std::vector<FfnWeightsView<T>>{}),
+        router_(o.router_),
+        config_(o.config_),
+        scale_(o.scale_) {
+    for (const auto& e : owned_) experts_.push_back(e.view());
+  }
+  // Moving keeps each expert matrix's heap buffer where it is, so the views stay valid.
+  MoELayer(MoELayer&&) noexcept = default;
+  MoELayer& operator=(const MoELayer& o) { return *this = MoELayer(o); }
+  MoELayer& operator=(MoELayer&&) noexcept = default;
 
   int num_experts() const { return static_cast<int>(experts_.size()); }  ///< N
   int top_k() const { return config_.top_k; }                            ///< k
