@@ -53,6 +53,21 @@ struct FfnWeights {
   }
 };
 
+namespace detail {
+
+/// Column width of one task. Work is cut into (matrix, column block) tasks of this fixed width,
+/// never by thread count, so every output element is computed by the same sequence of
+/// operations whatever the pool size (bitwise determinism).
+constexpr Index kColumnBlock = 256;
+
+/// Up to this many token rows, an expert's products run column by column (matrix-vector
+/// products) instead of as one GEMM (see MOE_FEW_ROWS in config.hpp).
+constexpr Index kFewRows = MOE_FEW_ROWS;
+
+inline Index num_column_blocks(Index cols) { return (cols + kColumnBlock - 1) / kColumnBlock; }
+
+}  // namespace detail
+
 /// Caller-owned scratch for ffn_forward: x·W_gate and h (T x m each) and the output (T x d).
 /// Grows only when a call needs more than it holds; call reserve() once and the forward allocates
 /// nothing of its own.
@@ -70,7 +85,7 @@ class FfnWorkspace {
   /// h = (x·W_up) ⊙ Swish(x·W_gate) of the last forward (T x m): the input of W_down, the `h` of
   /// formula (5). A copy: the workspace keeps h in whichever layout that forward used.
   RowMatrix<T> hidden() const {
-    if (last_tokens_ <= MOE_FEW_ROWS)
+    if (last_tokens_ <= detail::kFewRows)
       return Eigen::Map<const RowMatrix<T>>(hidden_.data(), last_tokens_, last_hidden_);
     return Eigen::Map<const ColMatrix<T>>(hidden_.data(), last_tokens_, last_hidden_);
   }
@@ -84,17 +99,6 @@ class FfnWorkspace {
 };
 
 namespace detail {
-
-/// Column width of one task. Work is cut into (matrix, column block) tasks of this fixed width,
-/// never by thread count, so every output element is computed by the same sequence of
-/// operations whatever the pool size (bitwise determinism).
-constexpr Index kColumnBlock = 256;
-
-/// Up to this many token rows, an expert's products run column by column (matrix-vector
-/// products) instead of as one GEMM (see MOE_FEW_ROWS in config.hpp).
-constexpr Index kFewRows = MOE_FEW_ROWS;
-
-inline Index num_column_blocks(Index cols) { return (cols + kColumnBlock - 1) / kColumnBlock; }
 
 /// Calls f(g, h, y) with views of one expert's scratch for `rows` tokens: g, h: rows x m,
 /// y: rows x d. Row-major up to kFewRows rows (the matrix-vector path reads rows); column-major
