@@ -9,31 +9,24 @@ TEMPLATE_TEST_CASE("ffn_forward matches the double reference, formula (1)", "[ff
   using T = TestType;
   // d = 300 and m = 520 span several 256-column blocks, with ragged last blocks.
   for (auto [tokens, d, m] : {std::tuple<Index, Index, Index>{1, 8, 4}, {5, 300, 520}, {64, 33, 17}}) {
-    const auto wg = testutil::random_matrix<ColMatrix<T>>(d, m, 1, 0.2);
-    const auto wu = testutil::random_matrix<ColMatrix<T>>(d, m, 2, 0.2);
-    const auto wd = testutil::random_matrix<ColMatrix<T>>(m, d, 3, 0.2);
+    const FfnWeights<T> ffn = testutil::random_ffn<T>(d, m, 1, 0.2);
     const auto x = testutil::random_matrix<RowMatrix<T>>(tokens, d, 4);
-    FfnWeightsView<T> w(wg.data(), wu.data(), wd.data(), d, m);
     RowMatrix<T> y(tokens, d);
     FfnWorkspace<T> ws;
-    ffn_forward<T>(w, x, y, ws);
-    const ref::Mat expect = ref::ffn(x.template cast<double>(), wg.template cast<double>(),
-                                     wu.template cast<double>(), wd.template cast<double>());
-    CHECK(testutil::rel_err(y, expect) < testutil::tol<T>());
+    ffn_forward<T>(ffn.view(), x, y, ws);
+    CHECK(testutil::rel_err(y, testutil::ref_ffn(ffn, x)) < testutil::tol<T>());
     // The workspace exposes h, the input of W_down (formula 5's h).
-    const ref::Mat h =
-        ref::ffn_hidden(x.template cast<double>(), wg.template cast<double>(), wu.template cast<double>());
+    const ref::Mat h = ref::ffn_hidden(x.template cast<double>(), ffn.gate.template cast<double>(),
+                                       ffn.up.template cast<double>());
     CHECK(testutil::rel_err(ws.hidden(), h) < testutil::tol<T>());
   }
 }
 
 TEST_CASE("ffn_forward is bitwise identical for any thread count", "[ffn]") {
   const Index tokens = 9, d = 520, m = 700;
-  const auto wg = testutil::random_matrix<ColMatrix<float>>(d, m, 11, 0.1);
-  const auto wu = testutil::random_matrix<ColMatrix<float>>(d, m, 12, 0.1);
-  const auto wd = testutil::random_matrix<ColMatrix<float>>(m, d, 13, 0.1);
+  const FfnWeights<float> ffn = testutil::random_ffn<float>(d, m, 11, 0.1);
+  const FfnWeightsView<float> w = ffn.view();
   const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 14);
-  FfnWeightsView<float> w(wg.data(), wu.data(), wd.data(), d, m);
   FfnWorkspace<float> ws;
   RowMatrix<float> y0(tokens, d);
   ffn_forward<float>(w, x, y0, ws);

@@ -12,18 +12,14 @@ namespace {
 
 template <class T>
 struct Fixture {
-  Index d, dh;
-  ColMatrix<T> wg, wu, wd, router;
+  FfnWeights<T> ffn;
+  ColMatrix<T> router;
   ExpertPartition partition;
-  Fixture(Index d_, Index dh_, int n, std::uint64_t seed)
-      : d(d_),
-        dh(dh_),
-        wg(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 1, 0.2)),
-        wu(testutil::random_matrix<ColMatrix<T>>(d_, dh_, seed + 2, 0.2)),
-        wd(testutil::random_matrix<ColMatrix<T>>(dh_, d_, seed + 3, 0.2)),
-        router(testutil::random_matrix<ColMatrix<T>>(d_, n, seed + 4, 0.5)),
-        partition(ExpertPartition::independent_random(dh_, n, seed)) {}
-  FfnWeightsView<T> dense() const { return {wg.data(), wu.data(), wd.data(), d, dh}; }
+  Fixture(Index d, Index dh, int n, std::uint64_t seed)
+      : ffn(testutil::random_ffn<T>(d, dh, seed + 1, 0.2)),
+        router(testutil::random_matrix<ColMatrix<T>>(d, n, seed + 4, 0.5)),
+        partition(ExpertPartition::independent_random(dh, n, seed)) {}
+  FfnWeightsView<T> dense() const { return ffn.view(); }
   MoELayer<T> layer(MoEConfig cfg) const {
     return MoELayer<T>(slice_experts(dense(), partition), router, cfg);
   }
@@ -156,7 +152,8 @@ TEST_CASE("MoELayer rejects bad configurations and inputs", "[moe_layer]") {
   CHECK_THROWS_WITH(MoELayer<float>(experts(), f.router, {2, TopKWeights::kSoftmax, std::nan("")}),
                     Catch::Contains("not finite"));
   auto mixed = experts();
-  mixed[2] = slice_expert(FfnWeightsView<float>(f.wg.data(), f.wu.data(), f.wd.data(), 4, 16), {0, 1});
+  mixed[2] = slice_expert(FfnWeightsView<float>(f.ffn.gate.data(), f.ffn.up.data(), f.ffn.down.data(), 4, 16),
+                          {0, 1});
   CHECK_THROWS_WITH(MoELayer<float>(std::move(mixed), f.router, {2}), Catch::Contains("expert 2 has d=4"));
 
   const MoELayer<float> layer = f.layer({2});
@@ -194,7 +191,7 @@ TEST_CASE("MoELayer handles zero tokens and a routing with another k", "[moe_lay
   const RowMatrix<double> w = RowMatrix<double>::Ones(3, 4);
   RowMatrix<double> y(3, 10);
   layer.forward_routed(x, ids, w, y, ws);
-  CHECK(testutil::rel_err(y, ref::ffn(x, f.wg, f.wu, f.wd)) < 1e-12);
+  CHECK(testutil::rel_err(y, testutil::ref_ffn(f.ffn, x)) < 1e-12);
 }
 
 TEST_CASE("A copied MoELayer owns its experts; a moved one keeps working", "[moe_layer]") {

@@ -58,12 +58,10 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
   // Small enough that Eigen's GEMM blocking buffers live on the stack (under
   // EIGEN_STACK_ALLOCATION_LIMIT); Eigen's own heap blocking for large GEMMs is outside our code.
   const Index d = 32, dh = 64, tokens = 12;
-  const auto wg = testutil::random_matrix<ColMatrix<float>>(d, dh, 1, 0.2);
-  const auto wu = testutil::random_matrix<ColMatrix<float>>(d, dh, 2, 0.2);
-  const auto wd = testutil::random_matrix<ColMatrix<float>>(dh, d, 3, 0.2);
+  const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
+  const FfnWeightsView<float> dense = ffn.view();
   const auto router = testutil::random_matrix<ColMatrix<float>>(d, 4, 4);
   const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 5);
-  FfnWeightsView<float> dense(wg.data(), wu.data(), wd.data(), d, dh);
   const MoELayer<float> layer(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 0)), router,
                               {2});
   RowMatrix<float> y(tokens, d);

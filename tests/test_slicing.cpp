@@ -8,19 +8,17 @@ using namespace moe;
 TEMPLATE_TEST_CASE("slice_expert takes columns/rows S_j, formula (3)", "[slicing]", float, double) {
   using T = TestType;
   const Index d = 5, dh = 9;
-  const auto wg = testutil::random_matrix<ColMatrix<T>>(d, dh, 1);
-  const auto wu = testutil::random_matrix<ColMatrix<T>>(d, dh, 2);
-  const auto wd = testutil::random_matrix<ColMatrix<T>>(dh, d, 3);
-  FfnWeightsView<T> dense(wg.data(), wu.data(), wd.data(), d, dh);
+  const FfnWeights<T> w = testutil::random_ffn<T>(d, dh, 1, 1.0);
+  const FfnWeightsView<T> dense = w.view();
   const std::vector<std::int32_t> s = {7, 0, 3};
   const FfnWeights<T> e = slice_expert(dense, s);
   REQUIRE(e.gate.cols() == 3);
   REQUIRE(e.down.rows() == 3);
   for (std::size_t i = 0; i < s.size(); ++i)
     for (Index r = 0; r < d; ++r) {
-      CHECK(e.gate(r, static_cast<Index>(i)) == wg(r, s[i]));  // W_gate[:, S_j]
-      CHECK(e.up(r, static_cast<Index>(i)) == wu(r, s[i]));    // W_up[:, S_j]
-      CHECK(e.down(static_cast<Index>(i), r) == wd(s[i], r));  // W_down[S_j, :]
+      CHECK(e.gate(r, static_cast<Index>(i)) == w.gate(r, s[i]));  // W_gate[:, S_j]
+      CHECK(e.up(r, static_cast<Index>(i)) == w.up(r, s[i]));      // W_up[:, S_j]
+      CHECK(e.down(static_cast<Index>(i), r) == w.down(s[i], r));  // W_down[S_j, :]
     }
   CHECK_THROWS_WITH(slice_expert(dense, {1, 9}), Catch::Contains("neuron 9 outside [0, 9)"));
   CHECK_THROWS_AS(slice_expert(dense, {}), Error);
@@ -32,11 +30,9 @@ TEMPLATE_TEST_CASE("disjoint experts with weight 1 sum back to the dense FFN", "
   // into per-neuron-set partial sums: sum_j E_j(x) = FFN(x) for a disjoint covering partition.
   using T = TestType;
   const Index d = 40, dh = 103, tokens = 6;  // 103 = prime: uneven sets for every N
-  const auto wg = testutil::random_matrix<ColMatrix<T>>(d, dh, 5, 0.3);
-  const auto wu = testutil::random_matrix<ColMatrix<T>>(d, dh, 6, 0.3);
-  const auto wd = testutil::random_matrix<ColMatrix<T>>(dh, d, 7, 0.3);
+  const FfnWeights<T> w = testutil::random_ffn<T>(d, dh, 5, 0.3);
+  const FfnWeightsView<T> dense = w.view();
   const auto x = testutil::random_matrix<RowMatrix<T>>(tokens, d, 8);
-  FfnWeightsView<T> dense(wg.data(), wu.data(), wd.data(), d, dh);
   FfnWorkspace<T> ws;
   RowMatrix<T> y_dense(tokens, d), y_sum = RowMatrix<T>::Zero(tokens, d), y_e(tokens, d);
   ffn_forward<T>(dense, x, y_dense, ws);
