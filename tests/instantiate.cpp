@@ -17,8 +17,18 @@ template class MoELayer<float>;
 template class MoELayer<double>;
 template class MoEWorkspace<float>;
 template class MoEWorkspace<double>;
+template struct RouterGate<float>;
+template struct RouterGate<double>;
+template struct RouterScratch<float>;
+template struct RouterScratch<double>;
+template void route<float>(const RouterOptions&, const ConstRowRef<float>&, const float*, int,
+                           Eigen::Ref<IdMatrix>, RowRef<float>, RouterScratch<float>&, RoutingStats*);
+template void route<double>(const RouterOptions&, const ConstRowRef<double>&, const double*, int,
+                            Eigen::Ref<IdMatrix>, RowRef<double>, RouterScratch<double>&, RoutingStats*);
+template void gate_logits<float>(const RouterGate<float>&, const RouterOptions&, const ConstRowRef<float>&,
+                                 RowRef<float>, GateScratch<float>&);
 template void ffn_forward<float>(const FfnWeightsView<float>&, const ConstRowRef<float>&, RowRef<float>,
-                                 FfnWorkspace<float>&, ThreadPool*);
+                                 FfnWorkspace<float>&, ThreadPool*, const GluActivation&);
 template void ffn_forward<double>(const FfnWeightsView<double>&, const ConstRowRef<double>&, RowRef<double>,
-                                  FfnWorkspace<double>&, ThreadPool*);
+                                  FfnWorkspace<double>&, ThreadPool*, const GluActivation&);
 }  // namespace moe

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
+#include "moe/activation.hpp"
 #include "moe/config.hpp"
 #include "moe/math.hpp"
 #include "moe/thread_pool.hpp"
@@ -15,11 +17,16 @@ namespace moe {
 /// orientation, column-major: gate, up: d x m; down: m x d. These are the bytes of Hugging Face's
 /// gate_proj/up_proj.weight [m, d] and down_proj.weight [d, m] as stored, so a view over a
 /// checkpoint needs no copy. The memory must outlive the view.
+/// Optional biases (GPT-OSS experts): nullptr means none; gate_bias, up_bias: m values, added
+/// before the activation; down_bias: d values, added to the output.
 template <class T>
 struct FfnWeightsView {
-  ConstColMap<T> gate;  ///< W_gate, d x m
-  ConstColMap<T> up;    ///< W_up,   d x m
-  ConstColMap<T> down;  ///< W_down, m x d
+  ConstColMap<T> gate;           ///< W_gate, d x m
+  ConstColMap<T> up;             ///< W_up,   d x m
+  ConstColMap<T> down;           ///< W_down, m x d
+  const T* gate_bias = nullptr;  ///< m, or nullptr
+  const T* up_bias = nullptr;    ///< m, or nullptr
+  const T* down_bias = nullptr;  ///< d, or nullptr
 
   FfnWeightsView(const T* gate_data, const T* up_data, const T* down_data, Index model_dim, Index hidden_dim)
       : gate(gate_data, model_dim, hidden_dim),
@@ -35,11 +42,20 @@ struct FfnWeightsView {
 };
 
 /// Owning SwiGLU FFN weights (e.g. one sliced expert, formula 3), same orientation as the view.
+/// Biases are optional: leave them empty for none.
 template <class T>
 struct FfnWeights {
-  ColMatrix<T> gate;  ///< d x m
-  ColMatrix<T> up;    ///< d x m
-  ColMatrix<T> down;  ///< m x d
+  ColMatrix<T> gate;                              ///< d x m
+  ColMatrix<T> up;                                ///< d x m
+  ColMatrix<T> down;                              ///< m x d
+  Eigen::Matrix<T, Eigen::Dynamic, 1> gate_bias;  ///< m, or empty
+  Eigen::Matrix<T, Eigen::Dynamic, 1> up_bias;    ///< m, or empty
+  Eigen::Matrix<T, Eigen::Dynamic, 1> down_bias;  ///< d, or empty
+
+  FfnWeights() = default;
+  /// The three matrices, no biases (so `{gate, up, down}` reads as before).
+  FfnWeights(ColMatrix<T> g, ColMatrix<T> u, ColMatrix<T> d)
+      : gate(std::move(g)), up(std::move(u)), down(std::move(d)) {}
 
   /// Checks the three shapes agree and returns a view. Throws moe::Error naming the mismatch.
   FfnWeightsView<T> view() const {
@@ -49,7 +65,16 @@ struct FfnWeights {
     MOE_CHECK(down.rows() == gate.cols() && down.cols() == gate.rows(),
               "FFN weights: W_down is " << down.rows() << "x" << down.cols() << ", expected " << gate.cols()
                                         << "x" << gate.rows());
-    return FfnWeightsView<T>(gate.data(), up.data(), down.data(), gate.rows(), gate.cols());
+    const auto bias = [](const auto& b, Index n, const char* what) -> const T* {
+      MOE_CHECK(b.size() == 0 || b.size() == n,
+                "FFN weights: " << what << " has " << b.size() << " values, expected " << n << " or none");
+      return b.size() ? b.data() : nullptr;
+    };
+    FfnWeightsView<T> v(gate.data(), up.data(), down.data(), gate.rows(), gate.cols());
+    v.gate_bias = bias(gate_bias, gate.cols(), "gate bias");
+    v.up_bias = bias(up_bias, gate.cols(), "up bias");
+    v.down_bias = bias(down_bias, gate.rows(), "down bias");
+    return v;
   }
 };
 
@@ -93,7 +118,7 @@ class FfnWorkspace {
  private:
   template <class U>
   friend void ffn_forward(const FfnWeightsView<U>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
-                          ThreadPool*);
+                          ThreadPool*, const GluActivation&);
   std::vector<T> gate_out_, hidden_, out_;
   Index last_tokens_ = 0, last_hidden_ = 0;
 };
@@ -124,9 +149,38 @@ Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>, 0, Eigen::InnerStride<>> s
   return {y + i, d, Eigen::InnerStride<>(rows)};
 }
 
-/// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = (x·W_up[:, blk]) ⊙ Swish(g).
+/// h(:, c) = act(g(:, c) + gate_bias[c0 + c], h(:, c) + up_bias[c0 + c]) over a block, one loop
+/// per activation so the switch is outside the element loop.
+template <class T, class G, class H>
+void apply_glu_block(const GluActivation& act, const T* gate_bias, const T* up_bias, Index c0, G& g, H& h) {
+  const auto run = [&](auto&& f) {
+    for (Index c = 0; c < h.cols(); ++c) {
+      const T gb = gate_bias ? gate_bias[c0 + c] : T(0);
+      const T ub = up_bias ? up_bias[c0 + c] : T(0);
+      if (gate_bias || up_bias) {
+        for (Index r = 0; r < h.rows(); ++r) h(r, c) = f(g(r, c) + gb, h(r, c) + ub);
+      } else {
+        for (Index r = 0; r < h.rows(); ++r) h(r, c) = f(g(r, c), h(r, c));
+      }
+    }
+  };
+  switch (act.kind) {
+    case GluKind::kSwiGLU:
+      run([](T gv, T uv) { return uv * silu(gv); });
+      break;
+    case GluKind::kGeGLU:
+    case GluKind::kReGLU:
+    case GluKind::kClampedSwiGLU:
+      run([&act](T gv, T uv) { return act(gv, uv); });
+      break;
+  }
+}
+
+/// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = act(g, x·W_up[:, blk]) (biases
+/// added first when the view has them; SwiGLU: h = (x·W_up) ⊙ Swish(g)).
 template <class T, class X, class G, class H>
-void swiglu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index block) {
+void glu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index block,
+                      const GluActivation& act = {}) {
   const Index c0 = block * kColumnBlock;
   const Index width = std::min(kColumnBlock, w.hidden_dim() - c0);
   auto gb = g.middleCols(c0, width);
@@ -142,8 +196,7 @@ void swiglu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Ind
     gb.noalias() = x * w.gate.middleCols(c0, width);
     hb.noalias() = x * w.up.middleCols(c0, width);
   }
-  for (Index r = 0; r < hb.rows(); ++r)
-    for (Index c = 0; c < width; ++c) hb(r, c) *= silu(gb(r, c));
+  apply_glu_block(act, w.gate_bias, w.up_bias, c0, gb, hb);
 }
 
 /// Columns [b*kColumnBlock, ...) of y = h·W_down.
@@ -156,18 +209,21 @@ void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) 
   } else {
     y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
   }
+  if (w.down_bias)
+    for (Index j = 0; j < width; ++j) y.col(c0 + j).array() += w.down_bias[c0 + j];
 }
 
 }  // namespace detail
 
 /// SwiGLU FFN forward, paper formula (1) (and (4) when `w` is an expert):
 ///   y = h·W_down,  h = (x·W_up) ⊙ Swish(x·W_gate),  Swish(z) = z·sigmoid(z).
+/// `act` picks another gated activation (GeGLU, ReGLU, clamped SwiGLU); biases in `w` are added.
 /// x: T x d row-major; y: T x d row-major (written, must not alias x). Accumulates in T.
 /// Work is split in fixed column blocks over `pool` (nullptr: the calling thread only); the
 /// result is bitwise the same for any pool size. After the call, ws.hidden() returns h.
 template <class T>
 void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> y, FfnWorkspace<T>& ws,
-                 ThreadPool* pool = nullptr) {
+                 ThreadPool* pool = nullptr, const GluActivation& act = {}) {
   const Index d = w.model_dim(), m = w.hidden_dim(), tokens = x.rows();
   MOE_CHECK(x.cols() == d, "ffn_forward: x has " << x.cols() << " columns, the FFN expects d=" << d);
   MOE_CHECK(y.rows() == tokens && y.cols() == d,
@@ -179,7 +235,7 @@ void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> 
   detail::with_scratch_layout(tokens, m, d, ws.gate_out_.data(), ws.hidden_.data(), ws.out_.data(),
                               [&](auto& g, auto& h, auto& out) {
                                 parallel_for(pool, detail::num_column_blocks(m),
-                                             [&](Index b) { detail::swiglu_hidden_block(w, x, g, h, b); });
+                                             [&](Index b) { detail::glu_hidden_block(w, x, g, h, b, act); });
                                 parallel_for(pool, detail::num_column_blocks(d), [&](Index b) {
                                   detail::down_proj_block(w, h, out, b);
                                   const Index c0 = b * detail::kColumnBlock;

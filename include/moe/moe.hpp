@@ -1,6 +1,7 @@
 // moe — umbrella header: LLaMA-MoE layer primitives (Zhu et al. 2024, arXiv 2406.16554).
 #pragma once
 
+#include "moe/activation.hpp"          // SwiGLU, GeGLU, ReGLU, clamped SwiGLU
 #include "moe/aggregate.hpp"           // formula (2) aggregation, formula (6) rescale
 #include "moe/config.hpp"              // MOE_CHECK, moe::Error
 #include "moe/dispatch.hpp"            // stable counting sort of (token, slot) pairs by expert
@@ -10,7 +11,9 @@
 #include "moe/math.hpp"                // sigmoid, SiLU, softmax, top-k over N values
 #include "moe/moe_layer.hpp"           // MoELayer: route, dispatch, experts, combine, rescale
 #include "moe/partition.hpp"           // ExpertPartition, IndependentRandom
-#include "moe/router.hpp"              // formula (2) top-k gate
+#include "moe/router.hpp"              // formula (2): RouterOptions, route(), route_top_k
+#include "moe/router_gate.hpp"         // router weights and logits (linear, LLaMA-MoE MLP gate, noise)
+#include "moe/routing_stats.hpp"       // load, importance, CV², aux loss, z-loss, entropy
 #include "moe/safetensors.hpp"         // safetensors reader
 #include "moe/safetensors_writer.hpp"  // safetensors writer
 #include "moe/slicing.hpp"             // formula (3): expert slicing

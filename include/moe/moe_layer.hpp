@@ -8,33 +8,46 @@
 #include <utility>
 #include <vector>
 
+#include "moe/activation.hpp"
 #include "moe/aggregate.hpp"
 #include "moe/config.hpp"
 #include "moe/dispatch.hpp"
 #include "moe/ffn.hpp"
 #include "moe/router.hpp"
+#include "moe/router_gate.hpp"
+#include "moe/routing_stats.hpp"
 #include "moe/thread_pool.hpp"
 #include "moe/types.hpp"
 
 namespace moe {
 
+/// How a MoELayer routes and combines. Presets for real model families are in presets.hpp.
 struct MoEConfig {
-  int top_k = 2;                                ///< k, 1 <= k <= N
-  TopKWeights weights = TopKWeights::kSoftmax;  ///< reference semantics by default
-  std::optional<double> scale;                  ///< formula (6); unset: N/k
+  int top_k = 2;                ///< k, 1 <= k <= N (forward(x, k, ...) may override per call)
+  RouterOptions router;         ///< score, selection, groups, renormalisation, capacity, noise
+  std::optional<double> scale;  ///< formula (6) on the routed sum; unset: N/k of the call
+  GluActivation activation;     ///< of every expert (routed and shared)
+  bool scale_input = false;     ///< Llama 4: expert i computes E_i(G_i · x), combined with weight 1
 
-  // A constructor rather than an aggregate so `{k}` and `{k, weights}` need no warning-prone
-  // partial initialisation.
+  /// The LLaMA-MoE layer of issue 2: softmax over N, top-k (compared on the logits), weights as
+  /// TopKWeights says. (A constructor so `{k}` and `{k, weights}` need no partial initialisation.)
   MoEConfig(int k = 2, TopKWeights w = TopKWeights::kSoftmax, std::optional<double> s = std::nullopt)
-      : top_k(k), weights(w), scale(s) {}
+      : top_k(k), scale(s) {
+    router.select = SelectOn::kLogits;
+    router.renormalize = w == TopKWeights::kRenormalized ? Renormalize::kL1 : Renormalize::kNone;
+  }
+  MoEConfig(int k, const RouterOptions& r, std::optional<double> s, GluActivation act = {},
+            bool scale_in = false)
+      : top_k(k), router(r), scale(s), activation(act), scale_input(scale_in) {}
 };
 
 /// What one forward routed where (opt-in: pass a pointer to forward()).
 template <class T>
 struct RoutingRecord {
-  IdMatrix expert_ids;                   ///< T x k, best first
+  IdMatrix expert_ids;                   ///< T x k, best first; -1 = dropped by the expert capacity
   RowMatrix<T> weights;                  ///< T x k, G(x)_i as combined (before the rescale)
   std::vector<Index> tokens_per_expert;  ///< N
+  RoutingStats stats;                    ///< filled by forward() (not by forward_routed)
 };
 
 template <class T>
@@ -58,33 +71,44 @@ class MoEWorkspace {
   static void grow(V& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
   }
-  std::vector<T> logits_, weights_, xg_, g_, h_, yp_;
+  std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
   std::vector<std::int32_t> ids_;
   std::vector<Index> hidden_offsets_;
   std::vector<std::pair<int, Index>> tasks_;  // (expert, column block)
   ExpertDispatch dispatch_;
+  RouterScratch<T> router_scratch_;
+  GateScratch<T> gate_scratch_;
+  FfnWorkspace<T> shared_ws_;
 };
 
 /// Sparse MoE FFN layer, paper formulas (2), (4), (6):
-///   y = scale · sum_{i in K(x)} G(x)_i · E_i(x),   E_i = SwiGLU FFN on expert i's weights.
-/// Forward: logits x·W_r → route_top_k → stable counting sort of (token, slot) pairs by expert →
-/// per expert, formula (4) on exactly the tokens routed to it (an expert with no tokens costs
-/// nothing) → per token, sum over slots in slot order → × scale.
-/// Work is cut into fixed (expert, column block) tasks, so the output is bitwise identical for
-/// any ThreadPool size, including none.
+///   y = scale · sum_{i in K(x)} G(x)_i · E_i(x)  [+ shared(x), optionally gated by sigmoid(x·w)]
+/// E_i: the gated FFN (SwiGLU, formula 4, or config.activation) on expert i's weights; with
+/// config.scale_input (Llama 4) the term is E_i(G(x)_i · x) instead.
+/// Forward: logits z(x) (router_gate.hpp) → route (router.hpp) → stable counting sort of the kept
+/// (token, slot) pairs by expert → per expert, its FFN on exactly the tokens routed to it (an
+/// expert with no tokens costs nothing) → per token, sum over slots in slot order → × scale →
+/// + shared experts. Work is cut into fixed (expert, column block) tasks, so the output is bitwise
+/// identical for any ThreadPool size, including none.
 template <class T>
 class MoELayer {
  public:
+  using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
   /// Owns the experts. router: d x N (HF gate.weight [N, d] as stored); may be empty (0x0) for a
   /// layer used only through forward_routed().
   MoELayer(std::vector<FfnWeights<T>> experts, ColMatrix<T> router, MoEConfig config)
-      : owned_(std::move(experts)), router_(std::move(router)), config_(config) {
+      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), std::move(config)) {}
+  MoELayer(std::vector<FfnWeights<T>> experts, RouterGate<T> gate, MoEConfig config)
+      : owned_(std::move(experts)), gate_(std::move(gate)), config_(std::move(config)) {
     for (const auto& e : owned_) experts_.push_back(e.view());
     validate();
   }
   /// Views: the caller keeps the expert weights alive (e.g. a memory-mapped checkpoint).
   MoELayer(std::vector<FfnWeightsView<T>> experts, ColMatrix<T> router, MoEConfig config)
-      : experts_(std::move(experts)), router_(std::move(router)), config_(config) {
+      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), std::move(config)) {}
+  MoELayer(std::vector<FfnWeightsView<T>> experts, RouterGate<T> gate, MoEConfig config)
+      : experts_(std::move(experts)), gate_(std::move(gate)), config_(std::move(config)) {
     validate();
   }
   /// A copy of an owning layer owns copies of the experts and views them, never the original's
@@ -92,9 +116,10 @@ class MoELayer {
   MoELayer(const MoELayer& o)
       : owned_(o.owned_),
         experts_(o.owned_.empty() ? o.experts_ : std::vector<FfnWeightsView<T>>{}),
-        router_(o.router_),
+        gate_(o.gate_),
         config_(o.config_),
-        scale_(o.scale_) {
+        shared_(o.shared_),
+        shared_gate_(o.shared_gate_) {
     for (const auto& e : owned_) experts_.push_back(e.view());
   }
   // Moving keeps each expert matrix's heap buffer where it is, so the views stay valid.
@@ -102,32 +127,62 @@ class MoELayer {
   MoELayer& operator=(const MoELayer& o) { return *this = MoELayer(o); }
   MoELayer& operator=(MoELayer&&) noexcept = default;
 
+  /// Always-on experts added to every token's output after the routed sum and its rescale
+  /// (DeepSeek shared_experts, Qwen2-MoE shared_expert, Llama 4 shared_expert, LLaMA-MoE's
+  /// residual experts). gate: empty, or d values w: the shared sum is multiplied by sigmoid(x·w)
+  /// per token (Qwen2-MoE shared_expert_gate).
+  void set_shared_experts(std::vector<FfnWeights<T>> shared, Vector gate = {}) {
+    for (std::size_t i = 0; i < shared.size(); ++i)
+      MOE_CHECK(shared[i].view().model_dim() == model_dim(), "MoELayer: shared expert "
+                                                                 << i << " has d=" << shared[i].gate.rows()
+                                                                 << ", the layer has d=" << model_dim());
+    MOE_CHECK(gate.size() == 0 || gate.size() == model_dim(),
+              "MoELayer: shared expert gate has " << gate.size() << " values, expected d=" << model_dim());
+    MOE_CHECK(gate.size() == 0 || !shared.empty(), "MoELayer: shared expert gate without shared experts");
+    shared_ = std::move(shared);
+    shared_gate_ = std::move(gate);
+  }
+
   int num_experts() const { return static_cast<int>(experts_.size()); }  ///< N
   int top_k() const { return config_.top_k; }                            ///< k
-  double scale() const { return scale_; }                                ///< formula (6)
-  Index model_dim() const { return experts_.front().model_dim(); }       ///< d
+  /// Formula (6) for k selections: config.scale, or N/k when unset.
+  double scale(int k) const { return config_.scale ? *config_.scale : default_scale(num_experts(), k); }
+  double scale() const { return scale(config_.top_k); }
+  Index model_dim() const { return experts_.front().model_dim(); }  ///< d
   const FfnWeightsView<T>& expert(int e) const { return experts_.at(static_cast<std::size_t>(e)); }
-  const ColMatrix<T>& router_weight() const { return router_; }
+  const ColMatrix<T>& router_weight() const { return gate_.weight; }
+  const RouterGate<T>& router() const { return gate_; }
+  const std::vector<FfnWeights<T>>& shared_experts() const { return shared_; }
+  const Vector& shared_expert_gate() const { return shared_gate_; }
   const MoEConfig& config() const { return config_; }
 
   /// x: T x d row-major; y: T x d row-major (written; must not alias x).
   void forward(const ConstRowRef<T>& x, RowRef<T> y, MoEWorkspace<T>& ws, ThreadPool* pool = nullptr,
                RoutingRecord<T>* record = nullptr) const {
-    MOE_CHECK(router_.size() > 0, "MoELayer::forward: this layer has no router weight; use forward_routed");
-    const Index tokens = x.rows(), k = config_.top_k;
+    forward(x, config_.top_k, y, ws, pool, record);
+  }
+  /// The same with k selections for this call (1 <= k <= N); an unset scale is then N/k.
+  void forward(const ConstRowRef<T>& x, int k, RowRef<T> y, MoEWorkspace<T>& ws, ThreadPool* pool = nullptr,
+               RoutingRecord<T>* record = nullptr) const {
+    MOE_CHECK(!gate_.empty(), "MoELayer::forward: this layer has no router weight; use forward_routed");
+    MOE_CHECK(k >= 1 && k <= num_experts(),
+              "MoELayer::forward: k=" << k << " must be in [1, N=" << num_experts() << "]");
+    const Index tokens = x.rows();
     MOE_CHECK(x.cols() == model_dim(),
               "MoELayer::forward: x has " << x.cols() << " columns, the layer expects d=" << model_dim());
     ws.reserve(*this, tokens, k);
     Eigen::Map<RowMatrix<T>> logits(ws.logits_.data(), tokens, num_experts());
     Eigen::Map<IdMatrix> ids(ws.ids_.data(), tokens, k);
     Eigen::Map<RowMatrix<T>> weights(ws.weights_.data(), tokens, k);
-    router_logits<T>(x, router_, logits);
-    route_top_k<T>(logits, config_.top_k, config_.weights, ids, weights);
+    gate_logits<T>(gate_, config_.router, x, logits, ws.gate_scratch_);
+    route<T>(config_.router, logits, gate_.selection_bias_data(), k, ids, weights, ws.router_scratch_,
+             record ? &record->stats : nullptr);
     forward_routed(x, ids, weights, y, ws, pool, record);
   }
 
-  /// Expert computation for a routing made elsewhere (any router): ids, weights: T x k', k' <= N
-  /// ids in [0, N), finite weights. Applies this layer's scale.
+  /// Expert computation for a routing made elsewhere (any router): ids, weights: T x k', k' <= N,
+  /// ids in [0, N) or -1 (a dropped slot: contributes nothing), finite weights. Applies this
+  /// layer's scale (N/k' when unset), input scaling and shared experts.
   void forward_routed(const ConstRowRef<T>& x, const Eigen::Ref<const IdMatrix>& ids,
                       const ConstRowRef<T>& weights, RowRef<T> y, MoEWorkspace<T>& ws,
                       ThreadPool* pool = nullptr, RoutingRecord<T>* record = nullptr) const {
@@ -167,12 +222,18 @@ class MoELayer {
     }
     const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - hidden_tasks;
 
-    const Index rows = tokens * k;
+    const Index rows = dp.offsets[static_cast<std::size_t>(n)];
     Eigen::Map<RowMatrix<T>> xg(ws.xg_.data(), rows, d);
+    const bool scale_input = config_.scale_input;
     constexpr Index kRowChunk = 64;
     parallel_for(pool, (rows + kRowChunk - 1) / kRowChunk, [&](Index c) {
-      for (Index r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r)
-        xg.row(r) = x.row(dp.token[static_cast<std::size_t>(r)]);
+      for (Index r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r) {
+        const auto ur = static_cast<std::size_t>(r);
+        if (scale_input)
+          xg.row(r) = weights(dp.pair[ur] / k, dp.pair[ur] % k) * x.row(dp.token[ur]);
+        else
+          xg.row(r) = x.row(dp.token[ur]);
+      }
     });
     // Expert e's tokens, and its slices of the scratch buffers (layout by its row count).
     auto with_expert = [&](int e, auto&& f) {
@@ -183,12 +244,13 @@ class MoELayer {
                                   ws.h_.data() + hoff[u], ws.yp_.data() + dp.offsets[u] * d,
                                   [&](auto& g, auto& h, auto& ye) { f(xe, g, h, ye); });
     };
+    const GluActivation& act = config_.activation;
     parallel_for(pool, hidden_tasks, [&](Index i) {
       // (Not a structured binding: C++17 lambdas cannot capture those; clang rejects it.)
       const int e = ws.tasks_[static_cast<std::size_t>(i)].first;
       const Index b = ws.tasks_[static_cast<std::size_t>(i)].second;
       with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
-        detail::swiglu_hidden_block(expert(e), xe, g, h, b);
+        detail::glu_hidden_block(expert(e), xe, g, h, b, act);
       });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
@@ -198,20 +260,25 @@ class MoELayer {
           e, [&](const auto&, auto&, auto& h, auto& ye) { detail::down_proj_block(expert(e), h, ye, b); });
     });
     // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
-    const T scale = static_cast<T>(scale_);
+    const T scale = static_cast<T>(this->scale(static_cast<int>(k)));
     constexpr Index kTokenChunk = 16;
     parallel_for(pool, (tokens + kTokenChunk - 1) / kTokenChunk, [&](Index c) {
       for (Index t = c * kTokenChunk; t < std::min(tokens, (c + 1) * kTokenChunk); ++t) {
         y.row(t).setZero();  // 0 + a == a exactly: the sum is still slot 0, then slot 1, ...
         for (Index s = 0; s < k; ++s) {
+          if (ids(t, s) < 0) continue;  // dropped by the expert capacity
           const auto e = static_cast<std::size_t>(ids(t, s));
           const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
           const auto row = detail::scratch_row(ws.yp_.data() + dp.offsets[e] * d, dp.counts[e], d, local);
-          y.row(t) += weights(t, s) * row;
+          if (scale_input)
+            y.row(t) += row;
+          else
+            y.row(t) += weights(t, s) * row;
         }
         y.row(t) *= scale;
       }
     });
+    add_shared_experts(x, y, ws, pool);
     if (record) {
       record->expert_ids = ids;
       record->weights = weights;
@@ -220,26 +287,42 @@ class MoELayer {
   }
 
  private:
+  void add_shared_experts(const ConstRowRef<T>& x, RowRef<T> y, MoEWorkspace<T>& ws, ThreadPool* pool) const {
+    const Index tokens = x.rows(), d = model_dim();
+    if (shared_.empty() || tokens == 0) return;
+    Eigen::Map<RowMatrix<T>> out(ws.shared_out_.data(), tokens, d);
+    Eigen::Map<RowMatrix<T>> part(ws.shared_out_.data() + tokens * d, tokens, d);
+    for (std::size_t i = 0; i < shared_.size(); ++i) {
+      ffn_forward<T>(shared_[i].view(), x, i == 0 ? out : part, ws.shared_ws_, pool, config_.activation);
+      if (i > 0) out += part;
+    }
+    if (shared_gate_.size()) {
+      Eigen::Map<Vector> g(ws.shared_gate_.data(), tokens);
+      g.noalias() = x * shared_gate_;
+      for (Index t = 0; t < tokens; ++t) y.row(t) += sigmoid(g(t)) * out.row(t);
+    } else {
+      y += out;
+    }
+  }
+
   void validate() {
     MOE_CHECK(!experts_.empty(), "MoELayer: no experts (N = 0)");
     const Index d = experts_.front().model_dim();
     for (std::size_t e = 0; e < experts_.size(); ++e)
       MOE_CHECK(experts_[e].model_dim() == d,
                 "MoELayer: expert " << e << " has d=" << experts_[e].model_dim() << ", expert 0 has d=" << d);
-    MOE_CHECK(router_.size() == 0 || (router_.rows() == d && router_.cols() == num_experts()),
-              "MoELayer: router weight is " << router_.rows() << "x" << router_.cols()
-                                            << ", expected d x N = " << d << "x" << num_experts());
-    MOE_CHECK(config_.top_k >= 1 && config_.top_k <= num_experts(),
-              "MoELayer: k=" << config_.top_k << " must be in [1, N=" << num_experts() << "]");
-    scale_ = config_.scale ? *config_.scale : default_scale(num_experts(), config_.top_k);
-    MOE_CHECK(std::isfinite(scale_), "MoELayer: scale " << scale_ << " is not finite");
+    gate_.validate(d, num_experts());
+    config_.router.validate(num_experts(), config_.top_k);
+    MOE_CHECK(!config_.scale || std::isfinite(*config_.scale),
+              "MoELayer: scale " << *config_.scale << " is not finite");
   }
 
   std::vector<FfnWeights<T>> owned_;
   std::vector<FfnWeightsView<T>> experts_;
-  ColMatrix<T> router_;
+  RouterGate<T> gate_;
   MoEConfig config_;
-  double scale_ = 1.0;
+  std::vector<FfnWeights<T>> shared_;
+  Vector shared_gate_;
 };
 
 template <class T>
@@ -262,6 +345,17 @@ void MoEWorkspace<T>::reserve(const MoELayer<T>& layer, Index tokens, Index k) {
   hidden_offsets_.reserve(u(n) + 1);
   tasks_.reserve(u(blocks));
   dispatch_.reserve(pairs, n);
+  router_scratch_.reserve(n, static_cast<int>(k));
+  const RouterGate<T>& gate = layer.router();
+  if (gate.mlp_out.size()) grow(gate_scratch_.hidden, u(tokens * gate.weight.cols()));
+  if (gate.noise.size()) grow(gate_scratch_.noise, u(tokens * n));
+  if (!layer.shared_experts().empty()) {
+    Index shared_m = 0;
+    for (const auto& s : layer.shared_experts()) shared_m = std::max(shared_m, s.gate.cols());
+    shared_ws_.reserve(tokens, d, shared_m);
+    grow(shared_out_, u((layer.shared_experts().size() > 1 ? 2 : 1) * tokens * d));
+    if (layer.shared_expert_gate().size()) grow(shared_gate_, u(tokens));
+  }
 }
 
 }  // namespace moe
