@@ -7,10 +7,12 @@
 #include "moe/dispatch.hpp"            // stable counting sort of (token, slot) pairs by expert
 #include "moe/ffn.hpp"                 // formulas (1), (4): SwiGLU FFN
 #include "moe/hf_llama.hpp"            // Hugging Face LLaMA FFN weights, zero-copy
+#include "moe/hf_moe_block.hpp"        // one Hugging Face MoE block (Mixtral, Qwen, DeepSeek, Llama 4, ...)
 #include "moe/importance.hpp"          // formula (5) and dL/dh = dL/dy W_down^T
 #include "moe/math.hpp"                // sigmoid, SiLU, softmax, top-k over N values
 #include "moe/moe_layer.hpp"           // MoELayer: route, dispatch, experts, combine, rescale
 #include "moe/partition.hpp"           // ExpertPartition, IndependentRandom
+#include "moe/presets.hpp"             // MoEConfig of each real MoE family
 #include "moe/router.hpp"              // formula (2): RouterOptions, route(), route_top_k
 #include "moe/router_gate.hpp"         // router weights and logits (linear, LLaMA-MoE MLP gate, noise)
 #include "moe/routing_stats.hpp"       // load, importance, CV², aux loss, z-loss, entropy
