@@ -72,3 +72,48 @@ TEST_CASE("ffn_forward on zero tokens is a no-op", "[ffn]") {
   ffn_forward<float>(w, x, y, ws);
   CHECK(y.size() == 0);
 }
+
+TEST_CASE("ffn_forward: GeGLU, ReGLU, clamped SwiGLU and biases against double references", "[ffn]") {
+  const Index d = 7, m = 9, tokens = 6;  // 6 > kFewRows: both scratch layouts are covered below
+  FfnWeights<double> w = testutil::random_ffn<double>(d, m, 31, 1.5);  // pre-activations reach past ±7
+  w.gate_bias = testutil::random_matrix<Eigen::VectorXd>(m, 1, 41, 2.0);
+  w.up_bias = testutil::random_matrix<Eigen::VectorXd>(m, 1, 42, 2.0);
+  w.down_bias = testutil::random_matrix<Eigen::VectorXd>(d, 1, 43);
+  const auto gelu = [](double g) { return 0.5 * g * (1 + std::erf(g / std::sqrt(2.0))); };
+  const auto sig = [](double z) { return 1 / (1 + std::exp(-z)); };
+  for (const Index rows : {Index(2), tokens}) {
+    const auto x = testutil::random_matrix<RowMatrix<double>>(rows, d, 44);
+    for (const GluActivation act :
+         {GluActivation::geglu(), GluActivation::reglu(), GluActivation::clamped_swiglu(7.0)}) {
+      INFO(glu_name(act.kind) << ", " << rows << " rows");
+      RowMatrix<double> y(rows, d);
+      FfnWorkspace<double> ws;
+      ffn_forward<double>(w.view(), x, y, ws, nullptr, act);
+      int clamped = 0;
+      for (Index t = 0; t < rows; ++t) {
+        Eigen::VectorXd h(m);
+        for (Index j = 0; j < m; ++j) {
+          double g = w.gate_bias(j), u = w.up_bias(j);
+          for (Index i = 0; i < d; ++i) g += x(t, i) * w.gate(i, j), u += x(t, i) * w.up(i, j);
+          if (act.kind == GluKind::kGeGLU) h(j) = u * gelu(g);
+          if (act.kind == GluKind::kReGLU) h(j) = u * (g > 0 ? g : 0);
+          if (act.kind == GluKind::kClampedSwiGLU) {
+            clamped += g > 7 || std::abs(u) > 7;
+            g = std::min(g, 7.0);
+            u = std::max(-7.0, std::min(u, 7.0));
+            h(j) = (u + 1) * g * sig(1.702 * g);
+          }
+        }
+        for (Index i = 0; i < d; ++i) {
+          double s = w.down_bias(i);
+          for (Index j = 0; j < m; ++j) s += h(j) * w.down(j, i);
+          CHECK(std::abs(y(t, i) - s) < 1e-12 * (1 + std::abs(s)));
+        }
+      }
+      if (act.kind == GluKind::kClampedSwiGLU && rows == tokens) CHECK(clamped > 0);
+    }
+  }
+  w.up_bias.resize(3);
+  CHECK_THROWS_WITH(w.view(), Catch::Contains("up bias has 3 values, expected 9 or none"));
+  CHECK_THROWS_WITH(GluActivation::clamped_swiglu(-1), Catch::Contains("limit -1 must be positive"));
+}
