@@ -16,6 +16,7 @@ static std::atomic<long> g_eigen_violations{0};
 #include <new>
 
 #include <moe/moe_layer.hpp>
+#include <moe/presets.hpp>
 #include <moe/slicing.hpp>
 
 #include "test_util.hpp"
@@ -83,6 +84,34 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
     std::vector<int> v(3);
     CHECK(scope.eigen_allocations() > 0);
     CHECK(scope.allocations() > 0);
+  }
+  // Family variants: DeepSeek-V3 routing (groups, selection bias) with a gated shared expert,
+  // GPT-OSS (top-k then softmax, clamped SwiGLU), LLaMA-MoE's noisy MLP gate, Switch capacity.
+  RouterGate<float> v3(router);
+  v3.selection_bias = testutil::random_matrix<Eigen::VectorXf>(4, 1, 6);
+  MoELayer<float> deepseek(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 1)), v3,
+                           presets::deepseek_v3(2, 2, 1, 2.5));
+  std::vector<FfnWeights<float>> shared = {testutil::random_ffn<float>(d, 8, 7, 0.2),
+                                           testutil::random_ffn<float>(d, 8, 8, 0.2)};
+  deepseek.set_shared_experts(shared, testutil::random_matrix<Eigen::VectorXf>(d, 1, 9));
+  RouterGate<float> mlp(router);
+  mlp.mlp_out = testutil::random_matrix<ColMatrix<float>>(4, 4, 10);
+  mlp.noise = router;
+  const std::vector<MoELayer<float>> variants = {
+      deepseek,
+      MoELayer<float>(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 2)), router,
+                      presets::gpt_oss(2)),
+      MoELayer<float>(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 3)), mlp,
+                      presets::llama_moe_gate(2, 2.0, true, 4)),
+      MoELayer<float>(slice_experts(dense, ExpertPartition::independent_random(dh, 4, 4)), router,
+                      presets::switch_transformer(0.5))};
+  for (const auto& v : variants) {
+    MoEWorkspace<float> vws;
+    vws.reserve(v, tokens);
+    NoMallocScope scope;
+    for (Index t : {tokens, Index(1), Index(5)}) v.forward(x.topRows(t), y.topRows(t), vws, &pool);
+    CHECK(scope.allocations() == 0);
+    CHECK(scope.eigen_allocations() == 0);
   }
   // The witness works: a call that must grow the workspace is seen.
   MoEWorkspace<float> fresh;
