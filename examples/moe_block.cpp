@@ -21,12 +21,12 @@ using namespace moe;
 
 namespace {
 
+constexpr const char* kUsage =
+    "usage: moe_block --config CONFIG.json --weights WEIGHTS.safetensors --prefix PREFIX "
+    "--input IN.safetensors --output OUT.safetensors [--threads N]\n";
+
 int usage(const char* why) {
-  std::fprintf(
-      stderr,
-      "moe_block: %s\nusage: moe_block --config CONFIG.json --weights WEIGHTS.safetensors --prefix PREFIX "
-      "--input IN.safetensors --output OUT.safetensors [--threads N]\n",
-      why);
+  std::fprintf(stderr, "moe_block: %s\n%s", why, kUsage);
   return 2;
 }
 
@@ -36,7 +36,10 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> opt = {{"--prefix", ""}, {"--threads", "1"}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--help" || a == "-h") return usage("help"), 0;
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
     if (a != "--config" && a != "--weights" && a != "--prefix" && a != "--input" && a != "--output" &&
         a != "--threads")
       return usage(("unknown option '" + a + "'").c_str());

@@ -98,17 +98,17 @@ class MoELayer {
   /// Owns the experts. router: d x N (HF gate.weight [N, d] as stored); may be empty (0x0) for a
   /// layer used only through forward_routed().
   MoELayer(std::vector<FfnWeights<T>> experts, ColMatrix<T> router, MoEConfig config)
-      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), std::move(config)) {}
+      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), config) {}
   MoELayer(std::vector<FfnWeights<T>> experts, RouterGate<T> gate, MoEConfig config)
-      : owned_(std::move(experts)), gate_(std::move(gate)), config_(std::move(config)) {
+      : owned_(std::move(experts)), gate_(std::move(gate)), config_(config) {
     for (const auto& e : owned_) experts_.push_back(e.view());
     validate();
   }
   /// Views: the caller keeps the expert weights alive (e.g. a memory-mapped checkpoint).
   MoELayer(std::vector<FfnWeightsView<T>> experts, ColMatrix<T> router, MoEConfig config)
-      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), std::move(config)) {}
+      : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), config) {}
   MoELayer(std::vector<FfnWeightsView<T>> experts, RouterGate<T> gate, MoEConfig config)
-      : experts_(std::move(experts)), gate_(std::move(gate)), config_(std::move(config)) {
+      : experts_(std::move(experts)), gate_(std::move(gate)), config_(config) {
     validate();
   }
   /// A copy of an owning layer owns copies of the experts and views them, never the original's
