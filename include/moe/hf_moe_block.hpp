@@ -210,6 +210,7 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
       p = f.has("moe_normalize_expert_weights")
               ? std::optional<double>(f.number("moe_normalize_expert_weights"))
               : std::nullopt;
+    RouterGate<float> gate(t.linear("router.layer.weight", d, n));  // router first: errors in file order
     const std::vector<float> w1 = t.load("experts.mlp.w1", {n * m, d});
     const std::vector<float> v1 = t.load("experts.mlp.v1", {n * m, d});
     const std::vector<float> w2 = t.load("experts.mlp.w2", {n * m, d});
@@ -221,16 +222,16 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
       w.up = Eigen::Map<const ColMatrix<float>>(v1.data() + off, d, m);
       w.down = Eigen::Map<const RowMatrix<float>>(w2.data() + off, m, d);  // w2[e] is [m, d]: h·w2
     }
-    return MoELayer<float>(std::move(experts), RouterGate<float>(t.linear("router.layer.weight", d, n)),
-                           presets::dbrx(k, p));
+    return MoELayer<float>(std::move(experts), std::move(gate), presets::dbrx(k, p));
   }
 
   const Index d = c.integer("hidden_size");
   if (type == "mixtral") {
     const int n = c.integer("num_local_experts"), k = c.integer("num_experts_per_tok");
     const Index m = c.integer("intermediate_size");
-    return MoELayer<float>(detail::hf_indexed_experts(t, n, d, m, "w1", "w3", "w2"),
-                           RouterGate<float>(t.linear("gate.weight", d, n)), presets::mixtral(k));
+    RouterGate<float> gate(t.linear("gate.weight", d, n));  // router first: errors in file order
+    return MoELayer<float>(detail::hf_indexed_experts(t, n, d, m, "w1", "w3", "w2"), std::move(gate),
+                           presets::mixtral(k));
   }
   if (type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe") {
     const int n = c.integer("num_experts"), k = c.integer("num_experts_per_tok");
@@ -239,8 +240,9 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
     const MoEConfig cfg = type == "qwen2_moe"   ? presets::qwen2_moe(k, norm)
                           : type == "qwen3_moe" ? presets::qwen3_moe(k, norm)
                                                 : presets::olmoe(k, norm);
+    RouterGate<float> gate(t.linear("gate.weight", d, n));
     MoELayer<float> layer(detail::hf_indexed_experts(t, n, d, m, "gate_proj", "up_proj", "down_proj"),
-                          RouterGate<float>(t.linear("gate.weight", d, n)), cfg);
+                          std::move(gate), cfg);
     if (type == "qwen2_moe" && c.integer_or("shared_expert_intermediate_size", 0) > 0) {
       const Index ms = c.integer("shared_expert_intermediate_size");
       std::vector<FfnWeights<float>> shared;
@@ -295,9 +297,10 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
   if (type == "llama4_text") {
     const int n = c.integer("num_local_experts"), k = c.integer_or("num_experts_per_tok", 1);
     const Index m = c.integer("intermediate_size");
+    RouterGate<float> gate(t.linear("router.weight", d, n));
     MoELayer<float> layer(detail::hf_stacked_experts(t, "experts.gate_up_proj", "experts.down_proj", n, d, m,
                                                      /*interleaved=*/false),
-                          RouterGate<float>(t.linear("router.weight", d, n)), presets::llama4(k));
+                          std::move(gate), presets::llama4(k));
     std::vector<FfnWeights<float>> shared;
     shared.push_back(detail::hf_linear_ffn(t, "shared_expert.gate_proj.weight",
                                            "shared_expert.up_proj.weight", "shared_expert.down_proj.weight",
@@ -310,6 +313,8 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
   const int k =
       c.has("num_experts_per_tok") ? c.integer("num_experts_per_tok") : c.integer("experts_per_token");
   const Index m = c.integer("intermediate_size");
+  RouterGate<float> gate(t.linear("router.weight", d, n));
+  gate.bias = t.vector("router.bias", n);
   std::vector<FfnWeights<float>> experts = detail::hf_stacked_experts(
       t, "experts.gate_up_proj", "experts.down_proj", n, d, m, /*interleaved=*/true);
   const std::vector<float> gub = t.load("experts.gate_up_proj_bias", {n, 2 * m});
@@ -321,8 +326,6 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
     w.up_bias = b(Eigen::seqN(1, m, 2));
     w.down_bias = Eigen::Map<const Eigen::VectorXf>(db.data() + static_cast<std::size_t>(e) * d, d);
   }
-  RouterGate<float> gate(t.linear("router.weight", d, n));
-  gate.bias = t.vector("router.bias", n);
   return MoELayer<float>(std::move(experts), std::move(gate),
                          presets::gpt_oss(k, c.number_or("swiglu_limit", 7.0)));
 }
