@@ -21,8 +21,9 @@ MOE_HOST_DEVICE inline T silu(T z) {
   return z / (T(1) + std::exp(-z));
 }
 
-/// Numerically stable softmax over n values: p_i = exp(z_i - max z) / sum_j exp(z_j - max z).
-/// Accumulates in T. `out` may alias `z`.
+/// Numerically stable softmax over n values: p_i = exp(z_i - max z) / sum_j exp(z_j - max z),
+/// a division per value (the router's weights have always been computed this way). Accumulates
+/// in T. `out` may alias `z`.
 template <class T>
 MOE_HOST_DEVICE inline void softmax(const T* z, int n, T* out) {
   T m = z[0];
@@ -32,8 +33,7 @@ MOE_HOST_DEVICE inline void softmax(const T* z, int n, T* out) {
     out[i] = std::exp(z[i] - m);
     sum += out[i];
   }
-  const T inv = T(1) / sum;
-  for (int i = 0; i < n; ++i) out[i] *= inv;
+  for (int i = 0; i < n; ++i) out[i] /= sum;
 }
 
 /// Top-k of n values by descending value; ties go to the lower index (a later equal value never

@@ -32,10 +32,7 @@ struct MoEConfig {
   /// The LLaMA-MoE layer of issue 2: softmax over N, top-k (compared on the logits), weights as
   /// TopKWeights says. (A constructor so `{k}` and `{k, weights}` need no partial initialisation.)
   MoEConfig(int k = 2, TopKWeights w = TopKWeights::kSoftmax, std::optional<double> s = std::nullopt)
-      : top_k(k), scale(s) {
-    router.select = SelectOn::kLogits;
-    router.renormalize = w == TopKWeights::kRenormalized ? Renormalize::kL1 : Renormalize::kNone;
-  }
+      : top_k(k), router(RouterOptions::top_k_softmax(w)), scale(s) {}
   MoEConfig(int k, const RouterOptions& r, std::optional<double> s, GluActivation act = {},
             bool scale_in = false)
       : top_k(k), router(r), scale(s), activation(act), scale_input(scale_in) {}

@@ -46,57 +46,6 @@ void router_logits(const ConstRowRef<T>& x, const Eigen::Ref<const ColMatrix<T>>
   logits.noalias() = x * w_router;
 }
 
-/// Top-k gate, paper formula (2): p = softmax(z) over all N; K = top-k(p); G_i = p_i (kSoftmax)
-/// or p_i / sum_{j in K} p_j (kRenormalized).
-/// logits: T x N row-major; ids: T x k; weights: T x k (both written, slots best first).
-/// Selection compares the logits, which orders experts exactly as p does (softmax is monotone)
-/// without rounding ties; equal logits go to the lower expert index. No epsilon in the softmax
-/// denominator. Accumulates in T. Throws moe::Error for k < 1, k > N, shape mismatches, or a NaN/Inf
-/// logit (naming the token and expert).
-template <class T>
-void route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode, Eigen::Ref<IdMatrix> ids,
-                 RowRef<T> weights) {
-  const Index tokens = logits.rows(), n = logits.cols();
-  MOE_CHECK(n >= 1, "route_top_k: no experts (logits have 0 columns)");
-  MOE_CHECK(k >= 1 && k <= n, "route_top_k: k=" << k << " must be in [1, N=" << n << "]");
-  MOE_CHECK(ids.rows() == tokens && ids.cols() == k && weights.rows() == tokens && weights.cols() == k,
-            "route_top_k: outputs are ids " << ids.rows() << "x" << ids.cols() << " and weights "
-                                            << weights.rows() << "x" << weights.cols() << ", expected "
-                                            << tokens << "x" << k);
-  const int nn = static_cast<int>(n);
-  for (Index t = 0; t < tokens; ++t) {
-    const T* z = logits.row(t).data();
-    T zmax = z[0];
-    for (int e = 0; e < nn; ++e) {
-      MOE_CHECK(std::isfinite(z[e]),
-                "route_top_k: router logit for token " << t << ", expert " << e << " is " << z[e]);
-      zmax = z[e] > zmax ? z[e] : zmax;
-    }
-    T sum = T(0);
-    for (int e = 0; e < nn; ++e) sum += std::exp(z[e] - zmax);
-    std::int32_t* id = ids.row(t).data();
-    T* w = weights.row(t).data();
-    top_k(z, nn, k, id, w);  // w holds the selected logits for now
-    T selected = T(0);
-    for (int s = 0; s < k; ++s) {
-      w[s] = std::exp(w[s] - zmax) / sum;
-      selected += w[s];
-    }
-    if (mode == TopKWeights::kRenormalized)
-      for (int s = 0; s < k; ++s) w[s] /= selected;
-  }
-}
-
-/// Convenience overload returning a new TopKRouting (allocates).
-template <class T>
-TopKRouting<T> route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode) {
-  MOE_CHECK(k >= 1 && k <= logits.cols(),
-            "route_top_k: k=" << k << " must be in [1, N=" << logits.cols() << "]");
-  TopKRouting<T> r{IdMatrix(logits.rows(), k), RowMatrix<T>(logits.rows(), k)};
-  route_top_k<T>(logits, k, mode, r.ids, r.weights);
-  return r;
-}
-
 /// Score function s(z) applied to router logits.
 enum class ScoreFunction {
   kSoftmax,       ///< softmax over all N (or over the k selected, see RouterOptions::score_selected_only)
@@ -151,6 +100,16 @@ struct RouterOptions {
   bool noisy_gate = false;
   double noise_epsilon = 0.01;
   std::uint64_t noise_seed = 0;
+
+  /// The LLaMA-MoE gate of formula (2): softmax over all N, top-k compared on the logits (the same
+  /// order as the softmax, without its rounding ties), weights p_i as they are (kSoftmax) or
+  /// renormalised over the k with no epsilon (kRenormalized).
+  static RouterOptions top_k_softmax(TopKWeights w) {
+    RouterOptions r;
+    r.select = SelectOn::kLogits;
+    r.renormalize = w == TopKWeights::kRenormalized ? Renormalize::kL1 : Renormalize::kNone;
+    return r;
+  }
 
   /// Throws moe::Error naming the first inconsistent switch for N experts and k selections.
   void validate(int num_experts, int k) const {
@@ -213,18 +172,11 @@ T score_one(ScoreFunction f, T z) {
   return z;
 }
 
-/// out = score(z) over n values; softmax as exp(z - max) / sum (division, as the reference does).
+/// out = score(z) over n values (softmax over the n, the others per value). `out` may alias `z`.
 template <class T>
 void apply_score(ScoreFunction f, const T* z, int n, T* out) {
   if (f == ScoreFunction::kSoftmax) {
-    T zmax = z[0];
-    for (int e = 1; e < n; ++e) zmax = z[e] > zmax ? z[e] : zmax;
-    T sum = T(0);
-    for (int e = 0; e < n; ++e) {
-      out[e] = std::exp(z[e] - zmax);
-      sum += out[e];
-    }
-    for (int e = 0; e < n; ++e) out[e] /= sum;
+    softmax(z, n, out);
   } else {
     for (int e = 0; e < n; ++e) out[e] = score_one(f, z[e]);
   }
@@ -351,6 +303,25 @@ TopKRouting<T> route(const RouterOptions& opt, const ConstRowRef<T>& logits, int
   RouterScratch<T> scratch;
   route<T>(opt, logits, selection_bias, k, r.ids, r.weights, scratch, stats);
   return r;
+}
+
+/// Top-k gate, paper formula (2): p = softmax(z) over all N; K = top-k(p); G_i = p_i (kSoftmax)
+/// or p_i / sum_{j in K} p_j (kRenormalized) — route() with RouterOptions::top_k_softmax(mode).
+/// logits: T x N row-major; ids: T x k; weights: T x k (both written, slots best first); equal
+/// logits go to the lower expert index. Allocates its scratch (N + k values); MoELayer routes
+/// through its workspace instead. Throws moe::Error for k < 1, k > N, shape mismatches, or a
+/// NaN/Inf logit (naming the token and expert).
+template <class T>
+void route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode, Eigen::Ref<IdMatrix> ids,
+                 RowRef<T> weights) {
+  RouterScratch<T> scratch;
+  route<T>(RouterOptions::top_k_softmax(mode), logits, nullptr, k, ids, weights, scratch);
+}
+
+/// Convenience overload returning a new TopKRouting (allocates).
+template <class T>
+TopKRouting<T> route_top_k(const ConstRowRef<T>& logits, int k, TopKWeights mode) {
+  return route<T>(RouterOptions::top_k_softmax(mode), logits, k);
 }
 
 }  // namespace moe
