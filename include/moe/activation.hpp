@@ -33,24 +33,25 @@ struct GluActivation {
     return {GluKind::kClampedSwiGLU, limit, alpha};
   }
 
-  /// h for one (gate, up) pair.
+  /// h for one (gate, up) pair, one function per kind, so a loop picks its kind once, outside the
+  /// element loop (detail::apply_glu_block in ffn.hpp).
   template <class T>
-  T operator()(T gate, T up) const {
-    switch (kind) {
-      case GluKind::kSwiGLU:
-        return up * silu(gate);
-      case GluKind::kGeGLU:
-        return up * (T(0.5) * gate * (T(1) + std::erf(gate * T(0.70710678118654752440))));
-      case GluKind::kReGLU:
-        return up * std::max(gate, T(0));
-      case GluKind::kClampedSwiGLU: {
-        const T lim = static_cast<T>(limit);
-        const T g = std::min(gate, lim);
-        const T u = std::min(std::max(up, -lim), lim);
-        return (u + T(1)) * (g * sigmoid(static_cast<T>(alpha) * g));
-      }
-    }
-    return T(0);  // unreachable
+  static T swiglu_value(T gate, T up) {
+    return up * silu(gate);
+  }
+  template <class T>
+  static T geglu_value(T gate, T up) {
+    return up * (T(0.5) * gate * (T(1) + std::erf(gate * T(0.70710678118654752440))));
+  }
+  template <class T>
+  static T reglu_value(T gate, T up) {
+    return up * std::max(gate, T(0));
+  }
+  template <class T>
+  static T clamped_swiglu_value(T gate, T up, T limit, T alpha) {
+    const T g = std::min(gate, limit);
+    const T u = std::min(std::max(up, -limit), limit);
+    return (u + T(1)) * (g * sigmoid(alpha * g));
   }
 };
 

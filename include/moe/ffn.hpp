@@ -166,13 +166,19 @@ void apply_glu_block(const GluActivation& act, const T* gate_bias, const T* up_b
   };
   switch (act.kind) {
     case GluKind::kSwiGLU:
-      run([](T gv, T uv) { return uv * silu(gv); });
+      run([](T gv, T uv) { return GluActivation::swiglu_value(gv, uv); });
       break;
     case GluKind::kGeGLU:
-    case GluKind::kReGLU:
-    case GluKind::kClampedSwiGLU:
-      run([&act](T gv, T uv) { return act(gv, uv); });
+      run([](T gv, T uv) { return GluActivation::geglu_value(gv, uv); });
       break;
+    case GluKind::kReGLU:
+      run([](T gv, T uv) { return GluActivation::reglu_value(gv, uv); });
+      break;
+    case GluKind::kClampedSwiGLU: {
+      const T limit = static_cast<T>(act.limit), alpha = static_cast<T>(act.alpha);
+      run([=](T gv, T uv) { return GluActivation::clamped_swiglu_value(gv, uv, limit, alpha); });
+      break;
+    }
   }
 }
 
