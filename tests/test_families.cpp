@@ -65,6 +65,14 @@ void put_linear(SafeTensorsWriter& w, const std::string& name, const fam::Mat& m
   put(w, name, math.transpose(), dt);
 }
 
+/// An expert's three HF linears under `prefix` + {gate,up,down} names + ".weight".
+void put_ffn(SafeTensorsWriter& w, const std::string& prefix, const char* gate, const char* up,
+             const char* down, const fam::Expert& e, Dtype dt) {
+  put_linear(w, prefix + gate + ".weight", e.gate, dt);
+  put_linear(w, prefix + up + ".weight", e.up, dt);
+  put_linear(w, prefix + down + ".weight", e.down, dt);
+}
+
 struct Case {
   std::string name;
   json config;
@@ -175,13 +183,9 @@ Case make_case(const std::string& family, Dtype dt, std::uint64_t seed, int vari
 
   if (family == "mixtral") {
     put_linear(w, pf + "gate.weight", b.router, dt);
-    for (int e = 0; e < n; ++e) {
-      const auto& x = b.experts[static_cast<std::size_t>(e)];
-      const std::string q = pf + "experts." + std::to_string(e) + ".";
-      put_linear(w, q + "w1.weight", x.gate, dt);
-      put_linear(w, q + "w3.weight", x.up, dt);
-      put_linear(w, q + "w2.weight", x.down, dt);
-    }
+    for (int e = 0; e < n; ++e)
+      put_ffn(w, pf + "experts." + std::to_string(e) + ".", "w1", "w3", "w2",
+              b.experts[static_cast<std::size_t>(e)], dt);
   } else if (family == "llama4_text" || family == "gpt_oss") {
     const bool gpt = family == "gpt_oss";
     put_linear(w, pf + "router.weight", b.router, dt);
@@ -212,9 +216,7 @@ Case make_case(const std::string& family, Dtype dt, std::uint64_t seed, int vari
       put(w, pf + "experts.down_proj_bias", db, dt);
     } else {
       b.shared.push_back(random_expert(kM, seed + 3000, 0.5, dt));
-      put_linear(w, pf + "shared_expert.gate_proj.weight", b.shared[0].gate, dt);
-      put_linear(w, pf + "shared_expert.up_proj.weight", b.shared[0].up, dt);
-      put_linear(w, pf + "shared_expert.down_proj.weight", b.shared[0].down, dt);
+      put_ffn(w, pf + "shared_expert.", "gate_proj", "up_proj", "down_proj", b.shared[0], dt);
     }
   } else if (family == "dbrx") {
     put_linear(w, pf + "router.layer.weight", b.router, dt);
@@ -230,13 +232,9 @@ Case make_case(const std::string& family, Dtype dt, std::uint64_t seed, int vari
     put(w, pf + "experts.mlp.w2", w2, dt);
   } else {  // qwen / olmoe / deepseek naming
     put_linear(w, pf + "gate.weight", b.router, dt);
-    for (int e = 0; e < n; ++e) {
-      const auto& x = b.experts[static_cast<std::size_t>(e)];
-      const std::string q = pf + "experts." + std::to_string(e) + ".";
-      put_linear(w, q + "gate_proj.weight", x.gate, dt);
-      put_linear(w, q + "up_proj.weight", x.up, dt);
-      put_linear(w, q + "down_proj.weight", x.down, dt);
-    }
+    for (int e = 0; e < n; ++e)
+      put_ffn(w, pf + "experts." + std::to_string(e) + ".", "gate_proj", "up_proj", "down_proj",
+              b.experts[static_cast<std::size_t>(e)], dt);
     std::string shared_name;
     Index ms = 0;
     if (family == "qwen2_moe") shared_name = "shared_expert.", ms = 24;
@@ -244,9 +242,7 @@ Case make_case(const std::string& family, Dtype dt, std::uint64_t seed, int vari
       shared_name = "shared_experts.", ms = kM * cfg["n_shared_experts"].get<int>();
     if (!shared_name.empty()) {
       b.shared.push_back(random_expert(ms, seed + 3000, 0.5, dt));
-      put_linear(w, pf + shared_name + "gate_proj.weight", b.shared[0].gate, dt);
-      put_linear(w, pf + shared_name + "up_proj.weight", b.shared[0].up, dt);
-      put_linear(w, pf + shared_name + "down_proj.weight", b.shared[0].down, dt);
+      put_ffn(w, pf + shared_name, "gate_proj", "up_proj", "down_proj", b.shared[0], dt);
     }
     if (family == "qwen2_moe") {
       b.shared_gate = random_stored(kD, 1, seed + 4000, 0.3, dt);

@@ -2,7 +2,7 @@
 // code (HF modeling_*.py, DeepSeek's MoEGate, LLaMA-MoE's gate) as plain loops: one token at a
 // time, scores over all experts, a stable sort for top-k (ties to the lower index), then the
 // family's weighting, every expert's FFN written out, shared experts added. Shares no code with
-// the library beyond Eigen's matrix types.
+// the library beyond Eigen's matrix types; softmax and the stable top-k are reference.hpp's.
 #pragma once
 
 #include <algorithm>
@@ -13,6 +13,8 @@
 #include <vector>
 
 #include <Eigen/Core>
+
+#include "reference.hpp"
 
 namespace ref::families {
 
@@ -51,23 +53,8 @@ struct Routed {
 
 inline double sigmoid(double z) { return 1.0 / (1.0 + std::exp(-z)); }
 
-inline std::vector<double> softmax(const std::vector<double>& z) {
-  const double mx = *std::max_element(z.begin(), z.end());
-  std::vector<double> p(z.size());
-  double s = 0;
-  for (std::size_t i = 0; i < z.size(); ++i) s += (p[i] = std::exp(z[i] - mx));
-  for (double& v : p) v /= s;
-  return p;
-}
-
-/// Indices of the k largest values, best first, ties to the lower index.
-inline std::vector<int> topk(const std::vector<double>& v, int k) {
-  std::vector<int> idx(v.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return v[a] > v[b]; });
-  idx.resize(static_cast<std::size_t>(k));
-  return idx;
-}
+using ref::softmax;
+inline std::vector<int> topk(const std::vector<double>& v, int k) { return ref::top_k(v, k); }
 
 /// Keep the topk_group groups of consecutive experts with the best group score; -inf elsewhere.
 inline std::vector<double> mask_groups(const std::vector<double>& v, int n_group, int topk_group,
