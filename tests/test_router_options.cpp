@@ -305,3 +305,56 @@ TEST_CASE("MoELayer: k per call, with the N/k scale following it", "[router_opti
   }
   CHECK_THROWS_WITH(layer.forward(x, 5, y, ws), Catch::Contains("k=5 must be in [1, N=4]"));
 }
+
+TEST_CASE("LLaMA-MoE released gate and Switch presets through a layer, against double references",
+          "[router_options]") {
+  const Index d = 6, m = 5, tokens = 8;
+  const int n = 4;
+  std::vector<FfnWeights<double>> experts;
+  for (int e = 0; e < n; ++e) experts.push_back(testutil::random_ffn<double>(d, m, 200 + 3 * e, 0.4));
+  const auto x = testutil::random_matrix<RowMatrix<double>>(tokens, d, 21);
+  const auto expert_out = [&](int e, Index t) {
+    return testutil::ref_ffn(experts[static_cast<std::size_t>(e)], x.row(t));
+  };
+  MoEWorkspace<double> ws;
+  RowMatrix<double> y(tokens, d);
+
+  // LLaMA-MoE gate: z = tanh(x·W1)·W2, top-2 of z, softmax over the two, output × 4.
+  RouterGate<double> mlp(testutil::random_matrix<ColMatrix<double>>(d, n, 22));
+  mlp.mlp_out = testutil::random_matrix<ColMatrix<double>>(n, n, 23);
+  const MoELayer<double> gate_layer(experts, mlp, presets::llama_moe_gate(2, 4.0));
+  gate_layer.forward(x, y, ws);
+  for (Index t = 0; t < tokens; ++t) {
+    std::vector<double> z(n, 0.0);
+    for (int e = 0; e < n; ++e)
+      for (int h = 0; h < n; ++h) z[e] += std::tanh((x.row(t) * mlp.weight.col(h))(0)) * mlp.mlp_out(h, e);
+    const auto idx = ref::top_k(z, 2);
+    const double e0 = std::exp(z[idx[0]]), e1 = std::exp(z[idx[1]]);
+    const ref::Mat yt =
+        4.0 * (e0 / (e0 + e1) * expert_out(idx[0], t) + e1 / (e0 + e1) * expert_out(idx[1], t));
+    CHECK(testutil::rel_err(y.row(t), yt) < 1e-12);
+  }
+
+  // Switch, capacity ceil(0.5 · 8 / 4) = 1: each expert keeps its first token; the kept token's
+  // output is p_max · E(x), every other token's is 0.
+  const auto router = testutil::random_matrix<ColMatrix<double>>(d, n, 24);
+  const MoELayer<double> sw(experts, router, presets::switch_transformer(0.5));
+  RoutingRecord<double> rec;
+  sw.forward(x, y, ws, nullptr, &rec);
+  std::vector<int> taken(n, 0);
+  Index dropped = 0;
+  for (Index t = 0; t < tokens; ++t) {
+    std::vector<double> z(n);
+    for (int e = 0; e < n; ++e) z[e] = (x.row(t) * router.col(e))(0);
+    const std::vector<double> p = ref::softmax(z);
+    const int best = ref::top_k(p, 1)[0];
+    if (taken[best]++ == 0) {
+      CHECK(testutil::rel_err(y.row(t), p[best] * expert_out(best, t)) < 1e-12);
+    } else {
+      CHECK(y.row(t).isZero(0));
+      ++dropped;
+    }
+  }
+  CHECK(dropped > 0);
+  CHECK(rec.stats.dropped == dropped);
+}
