@@ -5,6 +5,7 @@
 
 #include "moe/config.hpp"
 #include "moe/ffn.hpp"
+#include "moe/hf_checkpoint.hpp"
 #include "moe/safetensors.hpp"
 
 namespace moe {
@@ -49,6 +50,22 @@ inline FfnWeights<float> llama_ffn_weights(const SafeTensorsFile& file, int laye
     return ColMatrix<float>(Eigen::Map<const ColMatrix<float>>(v.data(), rows, cols));
   };
   return {load("gate_proj", d, m), load("up_proj", d, m), load("down_proj", m, d)};
+}
+
+/// Layer `layer`'s dense FFN from a checkpoint directory (single file or shards), as owned floats.
+inline FfnWeights<float> llama_ffn_weights(const HfCheckpoint& ckpt, int layer) {
+  auto load = [&](const char* proj) {
+    const std::string name = detail::llama_mlp_name(layer, proj);
+    const TensorInfo& t = ckpt.info(name);
+    MOE_CHECK(t.shape.size() == 2, "LLaMA layer " << layer << ": " << proj << " must be a matrix");
+    const std::vector<float> v = ckpt.file_of(name).to_float(name);
+    return ColMatrix<float>(Eigen::Map<const ColMatrix<float>>(v.data(), t.shape[1], t.shape[0]));
+  };
+  FfnWeights<float> w{load("gate_proj"), load("up_proj"), load("down_proj")};
+  MOE_CHECK(w.up.rows() == w.gate.rows() && w.up.cols() == w.gate.cols() && w.down.rows() == w.gate.cols() &&
+                w.down.cols() == w.gate.rows(),
+            "LLaMA layer " << layer << ": gate_proj/up_proj must be [d_h, d] and down_proj [d, d_h]");
+  return w;
 }
 
 }  // namespace moe

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <vector>
 
 #include "moe/config.hpp"
 #include "moe/types.hpp"
@@ -60,5 +61,57 @@ class NeuronImportance {
   Eigen::VectorXd values_;
   Index tokens_ = 0;
 };
+
+/// Formula (5) per data cluster: row c = Σ_{t : cluster[t] = c} |h_t ⊙ ∂L/∂h_t| (the importance
+/// vectors v_j that SharingInner, SharingInter and the gradient split rank neurons by).
+/// h, grad_h: T x d_h; cluster: T labels in [0, clusters). Sums in double.
+template <class T>
+Eigen::MatrixXd cluster_importance(const ConstRowRef<T>& h, const ConstRowRef<T>& grad_h,
+                                   const std::vector<int>& cluster, int clusters) {
+  MOE_CHECK(static_cast<Index>(cluster.size()) == h.rows(),
+            "cluster_importance: " << cluster.size() << " cluster labels for " << h.rows() << " tokens");
+  std::vector<NeuronImportance> acc(static_cast<std::size_t>(clusters), NeuronImportance(h.cols()));
+  for (Index t = 0; t < h.rows(); ++t) {
+    const int c = cluster[static_cast<std::size_t>(t)];
+    MOE_CHECK(c >= 0 && c < clusters, "cluster_importance: token " << t << " has cluster " << c << ", expected [0, "
+                                                                   << clusters << ")");
+    acc[static_cast<std::size_t>(c)].add<T>(h.row(t), grad_h.row(t));
+  }
+  Eigen::MatrixXd v(clusters, h.cols());
+  for (int c = 0; c < clusters; ++c) v.row(c) = acc[static_cast<std::size_t>(c)].values().transpose();
+  return v;
+}
+
+/// Per-cluster importance when only a global vector v (formula 5 over a whole calibration set,
+/// e.g. golden_ffn's importance_16x256_sumloss) and activations are at hand: v is shared among the
+/// clusters in proportion to each one's activation mass on the neuron,
+///   v_c(i) = v(i) · Σ_{t∈c} |h_ti| / Σ_t |h_ti|,
+/// so Σ_c v_c = v exactly. It assumes |∂L/∂h_i| does not depend on the cluster — an estimate,
+/// which cluster_importance replaces when per-token gradients exist. A neuron silent on every
+/// token has its importance split evenly.
+template <class T>
+Eigen::MatrixXd split_importance_by_activation(const Eigen::Ref<const Eigen::VectorXd>& v, const ConstRowRef<T>& h,
+                                               const std::vector<int>& cluster, int clusters) {
+  MOE_CHECK(v.size() == h.cols(), "split_importance_by_activation: importance has " << v.size()
+                                                                                     << " values, h has d_h=" << h.cols());
+  MOE_CHECK(v.allFinite(), "split_importance_by_activation: importance contains NaN or infinity");
+  MOE_CHECK(static_cast<Index>(cluster.size()) == h.rows(),
+            "split_importance_by_activation: " << cluster.size() << " cluster labels for " << h.rows() << " tokens");
+  Eigen::MatrixXd mass = Eigen::MatrixXd::Zero(clusters, h.cols());
+  for (Index t = 0; t < h.rows(); ++t) {
+    const int c = cluster[static_cast<std::size_t>(t)];
+    MOE_CHECK(c >= 0 && c < clusters, "split_importance_by_activation: token "
+                                          << t << " has cluster " << c << ", expected [0, " << clusters << ")");
+    mass.row(c) += h.row(t).template cast<double>().cwiseAbs();
+  }
+  for (Index i = 0; i < h.cols(); ++i) {
+    const double total = mass.col(i).sum();
+    if (total > 0)
+      mass.col(i) *= v[i] / total;
+    else
+      mass.col(i).setConstant(v[i] / clusters);
+  }
+  return mass;
+}
 
 }  // namespace moe
