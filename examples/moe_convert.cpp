@@ -55,8 +55,10 @@ class Progress {
   void step(int done, const std::string& note) const {
     if (!tty_) return;
     const int width = 30, filled = total_ > 0 ? width * done / total_ : width;
-    std::fprintf(stderr, "\r%s [%s%s] %d/%d %-28s", what_.c_str(), std::string(static_cast<std::size_t>(filled), '#').c_str(),
-                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(), done, total_, note.c_str());
+    std::fprintf(stderr, "\r%s [%s%s] %d/%d %-28s", what_.c_str(),
+                 std::string(static_cast<std::size_t>(filled), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(), done, total_,
+                 note.c_str());
     if (done == total_) std::fputc('\n', stderr);
     std::fflush(stderr);
   }
@@ -88,12 +90,14 @@ std::vector<RowMatrix<float>> calibration_inputs(const HfCheckpoint& ckpt, const
                 "calibration tensor '" << name << "' must be [T, " << cfg.hidden << "]");
       const std::vector<float> v = f.to_float(name);
       const Index rows = std::min<Index>(t.shape[0], max_tokens);
-      per_layer[static_cast<std::size_t>(i)] = Eigen::Map<const RowMatrix<float>>(v.data(), t.shape[0], cfg.hidden).topRows(rows);
+      per_layer[static_cast<std::size_t>(i)] =
+          Eigen::Map<const RowMatrix<float>>(v.data(), t.shape[0], cfg.hidden).topRows(rows);
     }
     return per_layer;
   }
-  MOE_CHECK(cfg.vocab == 256, "text calibration needs a byte-level model (vocab_size 256, token = byte); this one has "
-                                  << cfg.vocab << " tokens: give layer{i}.mlp_in tensors in a .safetensors file");
+  MOE_CHECK(cfg.vocab == 256,
+            "text calibration needs a byte-level model (vocab_size 256, token = byte); this one has "
+                << cfg.vocab << " tokens: give layer{i}.mlp_in tensors in a .safetensors file");
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in, "cannot open calibration file '" << path << "'");
   std::vector<std::int32_t> bytes;
@@ -105,7 +109,8 @@ std::vector<RowMatrix<float>> calibration_inputs(const HfCheckpoint& ckpt, const
   const int windows = static_cast<int>((bytes.size() + kWindow - 1) / kWindow);
   const Progress bar("calibration forward", windows);
   for (int w = 0; w < windows; ++w) {
-    const std::size_t begin = static_cast<std::size_t>(w) * kWindow, end = std::min(bytes.size(), begin + kWindow);
+    const std::size_t begin = static_cast<std::size_t>(w) * kWindow,
+                      end = std::min(bytes.size(), begin + kWindow);
     std::vector<RowMatrix<float>> mlp_in;
     model.forward(std::vector<std::int32_t>(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
                                             bytes.begin() + static_cast<std::ptrdiff_t>(end)),
@@ -123,19 +128,19 @@ std::vector<RowMatrix<float>> calibration_inputs(const HfCheckpoint& ckpt, const
 
 /// Layer i's importance: [N, d_h] per cluster as given, or a [d_h] vector split over the
 /// calibration clusters by activation mass.
-Eigen::MatrixXd layer_importance(const SafeTensorsFile& f, int layer, int n, Index dh, const RowMatrix<float>& h,
-                                 const std::vector<int>& cluster) {
+Eigen::MatrixXd layer_importance(const SafeTensorsFile& f, int layer, int n, Index dh,
+                                 const RowMatrix<float>& h, const std::vector<int>& cluster) {
   const std::string prefix = "layer" + std::to_string(layer) + ".importance";
   std::vector<std::string> found;
   for (const std::string& name : f.names())
     if (name.compare(0, prefix.size(), prefix) == 0) found.push_back(name);
-  MOE_CHECK(found.size() == 1, "importance file '" << f.path() << "' must hold exactly one tensor named " << prefix
-                                                   << "*, found " << found.size());
+  MOE_CHECK(found.size() == 1, "importance file '" << f.path() << "' must hold exactly one tensor named "
+                                                   << prefix << "*, found " << found.size());
   const TensorInfo& t = f.info(found[0]);
   const std::vector<float> v = f.to_float(found[0]);
   if (t.shape.size() == 1 && t.shape[0] == dh)
-    return split_importance_by_activation<float>(Eigen::Map<const Eigen::VectorXf>(v.data(), dh).cast<double>(), h,
-                                                 cluster, n);
+    return split_importance_by_activation<float>(
+        Eigen::Map<const Eigen::VectorXf>(v.data(), dh).cast<double>(), h, cluster, n);
   MOE_CHECK(t.shape.size() == 2 && t.shape[0] == n && t.shape[1] == dh,
             "importance tensor '" << found[0] << "' must be [" << dh << "] or [" << n << ", " << dh << "]");
   return Eigen::Map<const RowMatrix<float>>(v.data(), n, dh).cast<double>();
@@ -147,16 +152,16 @@ RowMatrix<float> ffn_hidden(const FfnWeights<float>& w, const RowMatrix<float>& 
 }
 
 struct LayerReport {
-  double rel_error = -1, recall = -1, partition_objective = 0;
+  double rel_error = -1, recall = -1, oracle_error = -1, partition_objective = 0;
   std::vector<double> load;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::set<std::string> flags = {"--model",  "--output",     "--experts", "--top-k",  "--method",
-                                       "--seed",   "--expert-size", "--residual", "--importance", "--calib",
-                                       "--router", "--scale",      "--calib-tokens"};
+  const std::set<std::string> flags = {
+      "--model",    "--output",     "--experts", "--top-k",  "--method", "--seed",        "--expert-size",
+      "--residual", "--importance", "--calib",   "--router", "--scale",  "--calib-tokens"};
   std::map<std::string, std::string> opt;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -172,8 +177,8 @@ int main(int argc, char** argv) {
   for (const char* required : {"--model", "--output", "--experts", "--top-k", "--method"})
     if (!opt.count(required)) return usage(std::string("missing ") + required);
   const std::string method = opt["--method"];
-  const std::set<std::string> methods = {"random", "clustering", "sharing-inner", "sharing-inter", "coactivation",
-                                         "gradient"};
+  const std::set<std::string> methods = {"random",        "clustering",   "sharing-inner",
+                                         "sharing-inter", "coactivation", "gradient"};
   if (!methods.count(method))
     return usage("unknown method '" + method +
                  "' (random, clustering, sharing-inner, sharing-inter, coactivation, gradient)");
@@ -185,19 +190,24 @@ int main(int argc, char** argv) {
     return usage("--importance is used only by sharing-inner, sharing-inter and gradient");
   if (opt.count("--expert-size") && method != "sharing-inner" && method != "sharing-inter")
     return usage("--expert-size is used only by sharing-inner and sharing-inter");
-  if (opt.count("--residual") && method != "sharing-inter") return usage("--residual is used only by sharing-inter");
+  if (opt.count("--residual") && method != "sharing-inter")
+    return usage("--residual is used only by sharing-inter");
 
   try {
     const auto t0 = std::chrono::steady_clock::now();
-    const std::int64_t n64 = parse_int("--experts", opt["--experts"]), k64 = parse_int("--top-k", opt["--top-k"]);
-    const auto seed = static_cast<std::uint64_t>(opt.count("--seed") ? parse_int("--seed", opt["--seed"]) : 0);
+    const std::int64_t n64 = parse_int("--experts", opt["--experts"]),
+                       k64 = parse_int("--top-k", opt["--top-k"]);
+    const auto seed =
+        static_cast<std::uint64_t>(opt.count("--seed") ? parse_int("--seed", opt["--seed"]) : 0);
     MOE_CHECK(n64 >= 1 && n64 <= 4096, "--experts must be in [1, 4096], got " << n64);
     MOE_CHECK(k64 >= 1 && k64 <= n64, "--top-k must be in [1, N=" << n64 << "], got " << k64);
     const int n = static_cast<int>(n64), k = static_cast<int>(k64);
-    const Index max_tokens = opt.count("--calib-tokens") ? parse_int("--calib-tokens", opt["--calib-tokens"]) : 4096;
+    const Index max_tokens =
+        opt.count("--calib-tokens") ? parse_int("--calib-tokens", opt["--calib-tokens"]) : 4096;
     MOE_CHECK(max_tokens >= 8, "--calib-tokens must be at least 8");
     const fs::path out_dir = opt["--output"];
-    MOE_CHECK(!fs::exists(out_dir), "output '" << out_dir.string() << "' already exists; remove it or pick another");
+    MOE_CHECK(!fs::exists(out_dir),
+              "output '" << out_dir.string() << "' already exists; remove it or pick another");
 
     const HfCheckpoint ckpt(opt["--model"]);
     MOE_CHECK(ckpt.config().value("model_type", std::string()) == "llama",
@@ -206,9 +216,11 @@ int main(int argc, char** argv) {
     const LlamaConfig cfg = LlamaConfig::from_json(ckpt.config());
     const Index dh = cfg.intermediate, d = cfg.hidden;
     if (method == "clustering" || method == "coactivation")
-      MOE_CHECK(dh % n == 0, "method " << method << " makes equal experts: N=" << n << " must divide d_h=" << dh);
+      MOE_CHECK(dh % n == 0,
+                "method " << method << " makes equal experts: N=" << n << " must divide d_h=" << dh);
     MOE_CHECK(dh >= n, "cannot split d_h=" << dh << " neurons into N=" << n << " experts");
-    const int residual_r = opt.count("--residual") ? static_cast<int>(parse_int("--residual", opt["--residual"])) : 1;
+    const int residual_r =
+        opt.count("--residual") ? static_cast<int>(parse_int("--residual", opt["--residual"])) : 1;
     Index expert_size = 0;
     if (method == "sharing-inner") expert_size = dh / n;
     if (method == "sharing-inter") expert_size = dh / (n + residual_r);
@@ -218,18 +230,20 @@ int main(int argc, char** argv) {
     if (method == "sharing-inter") {
       MOE_CHECK(residual_r >= 1, "--residual must be at least 1");
       MOE_CHECK(expert_size >= 1 && residual_r * expert_size + n <= dh,
-                "--residual " << residual_r << " x --expert-size " << expert_size << " leaves fewer than N=" << n
-                              << " of d_h=" << dh << " neurons for the routed experts");
+                "--residual " << residual_r << " x --expert-size " << expert_size << " leaves fewer than N="
+                              << n << " of d_h=" << dh << " neurons for the routed experts");
     }
     const bool needs_calib = uses_importance || method == "coactivation" || router == "fit";
     MOE_CHECK(!needs_calib || opt.count("--calib"),
               "--calib is needed by method " << method << (router == "fit" ? " / --router fit" : ""));
     MOE_CHECK(!uses_importance || opt.count("--importance"), "--importance is needed by method " << method);
-    MOE_CHECK(opt.count("--scale") == 0 || opt["--scale"] != "auto" || opt.count("--calib"), "--scale auto needs --calib");
+    MOE_CHECK(opt.count("--scale") == 0 || opt["--scale"] != "auto" || opt.count("--calib"),
+              "--scale auto needs --calib");
     std::unique_ptr<SafeTensorsFile> importance_file;
     if (opt.count("--importance")) importance_file = std::make_unique<SafeTensorsFile>(opt["--importance"]);
     for (int i = 0; i < cfg.layers; ++i)
-      for (const char* p : {"gate_proj", "up_proj", "down_proj"}) (void)ckpt.info(detail::llama_mlp_name(i, p));
+      for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+        (void)ckpt.info(detail::llama_mlp_name(i, p));
 
     std::vector<RowMatrix<float>> calib;
     if (opt.count("--calib")) calib = calibration_inputs(ckpt, cfg, opt["--calib"], max_tokens);
@@ -265,7 +279,8 @@ int main(int argc, char** argv) {
       std::unique_ptr<ExpertPartition> routed, residual;
       LayerReport& rep = reports[static_cast<std::size_t>(i)];
       if (method == "random") {
-        routed = std::make_unique<ExpertPartition>(ExpertPartition::independent_random(dh, n, seed + static_cast<std::uint64_t>(i)));
+        routed = std::make_unique<ExpertPartition>(
+            ExpertPartition::independent_random(dh, n, seed + static_cast<std::uint64_t>(i)));
       } else if (method == "clustering") {
         ConstructedPartition c = independent_clustering<float>(dense.up, n, seed);
         rep.partition_objective = c.objective;
@@ -285,9 +300,11 @@ int main(int argc, char** argv) {
       }
 
       RouterGate<float> gate;
-      if (router == "random") gate = random_router(d, n, seed + 1000003ULL * static_cast<std::uint64_t>(i + 1));
+      if (router == "random")
+        gate = random_router(d, n, seed + 1000003ULL * static_cast<std::uint64_t>(i + 1));
       if (router == "centroid") gate = RouterGate<float>(centroid_router<float>(dense.up, *routed));
-      if (router == "fit") gate = RouterGate<float>(fit_router<float>(x_fit, expert_activation_mass<float>(h_fit, *routed)));
+      if (router == "fit")
+        gate = RouterGate<float>(fit_router<float>(x_fit, expert_activation_mass<float>(h_fit, *routed)));
       if (router != "random") gate.noise = ColMatrix<float>::Zero(d, n);
 
       std::vector<Index> s;
@@ -308,7 +325,8 @@ int main(int argc, char** argv) {
       add_llama_moe_experts(writer, ckpt, i, *routed, residual.get());
       add_llama_moe_gate(writer, i, gate, residual != nullptr);
 
-      MoELayer<float> layer(slice_experts<float>(dense.view(), *routed), gate, presets::llama_moe_gate(k, 1.0));
+      MoELayer<float> layer(slice_experts<float>(dense.view(), *routed), gate,
+                            presets::llama_moe_gate(k, 1.0));
       if (residual) layer.set_shared_experts(slice_experts<float>(dense.view(), *residual));
       layers.push_back(std::move(layer));
       dense_layers.push_back(dense);
@@ -320,13 +338,15 @@ int main(int argc, char** argv) {
     if (opt.count("--scale") && opt["--scale"] != "auto") {
       char* end = nullptr;
       scale = std::strtod(opt["--scale"].c_str(), &end);
-      MOE_CHECK(*end == '\0' && std::isfinite(scale) && scale > 0, "--scale must be a positive number or auto");
+      MOE_CHECK(*end == '\0' && std::isfinite(scale) && scale > 0,
+                "--scale must be a positive number or auto");
     }
     auto routed_and_dense = [&](int i, bool fit_part, RowMatrix<float>& routed_y, RowMatrix<float>& shared_y,
                                 RowMatrix<float>& dense_y, RoutingRecord<float>* rec) {
       const RowMatrix<float>& x = calib[static_cast<std::size_t>(i)];
       const Index fit_rows = x.rows() - x.rows() / 4;
-      const RowMatrix<float> xs = fit_part ? RowMatrix<float>(x.topRows(fit_rows)) : RowMatrix<float>(x.bottomRows(x.rows() / 4));
+      const RowMatrix<float> xs =
+          fit_part ? RowMatrix<float>(x.topRows(fit_rows)) : RowMatrix<float>(x.bottomRows(x.rows() / 4));
       const MoELayer<float>& l = layers[static_cast<std::size_t>(i)];
       MoEWorkspace<float> ws;
       RowMatrix<float> y(xs.rows(), d);
@@ -335,7 +355,8 @@ int main(int argc, char** argv) {
       if (!l.shared_experts().empty())
         for (const auto& e : l.shared_experts()) shared_y += ffn_hidden(e, xs) * e.down;
       routed_y = y - shared_y;
-      dense_y = ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xs) * dense_layers[static_cast<std::size_t>(i)].down;
+      dense_y = ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xs) *
+                dense_layers[static_cast<std::size_t>(i)].down;
     };
     if (have_calib && opt.count("--scale") && opt["--scale"] == "auto") {
       double num = 0, den = 0;  // min_s Σ_layers ||s·routed + shared − dense||²
@@ -345,7 +366,8 @@ int main(int argc, char** argv) {
         num += static_cast<double>((dn - sh).cwiseProduct(r).sum());
         den += static_cast<double>(r.squaredNorm());
       }
-      MOE_CHECK(den > 0 && num > 0, "--scale auto: the routed output is zero or anti-correlated with the dense one");
+      MOE_CHECK(den > 0 && num > 0,
+                "--scale auto: the routed output is zero or anti-correlated with the dense one");
       scale = num / den;
     }
     if (have_calib) {
@@ -362,25 +384,44 @@ int main(int argc, char** argv) {
         gate_logits<float>(layers[static_cast<std::size_t>(i)].router(), RouterOptions{}, xe, logits, gs);
         const ExpertPartition routed_part(dh, partition_json[static_cast<std::size_t>(i)]["experts"]
                                                   .get<std::vector<std::vector<std::int32_t>>>());
-        rep.recall = oracle_top_k_recall(logits, expert_activation_mass<float>(ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xe), routed_part), k);
-        for (const Index c : rec.tokens_per_expert) rep.load.push_back(static_cast<double>(c) / static_cast<double>(xe.rows() * k));
+        const RowMatrix<double> mass = expert_activation_mass<float>(
+            ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xe), routed_part);
+        rep.recall = oracle_top_k_recall(logits, mass, k);
+        // The oracle: each token's k experts with the most activation mass, weight 1 each, no
+        // scale — the error a perfect router would leave with this partition.
+        IdMatrix ids(xe.rows(), k);
+        std::vector<double> scratch(static_cast<std::size_t>(k));
+        for (Index t = 0; t < xe.rows(); ++t) {
+          const Eigen::RowVectorXd m = mass.row(t);
+          top_k(m.data(), n, k, ids.row(t).data(), scratch.data());
+        }
+        MoEWorkspace<float> ws;
+        RowMatrix<float> y_oracle(xe.rows(), d);
+        layers[static_cast<std::size_t>(i)].forward_routed(xe, ids, RowMatrix<float>::Ones(xe.rows(), k),
+                                                           y_oracle, ws);
+        rep.oracle_error = static_cast<double>((y_oracle - dn).norm() / dn.norm());
+        for (const Index c : rec.tokens_per_expert)
+          rep.load.push_back(static_cast<double>(c) / static_cast<double>(xe.rows() * k));
       }
     }
 
     // Print the report.
-    std::printf("moe_convert: %s -> %s: %d layers, d=%lld, d_h=%lld, N=%d, k=%d, method %s, router %s, scale %.4g\n",
-                opt["--model"].c_str(), out_dir.string().c_str(), cfg.layers, static_cast<long long>(d),
-                static_cast<long long>(dh), n, k, method.c_str(), router.c_str(), scale);
+    std::printf(
+        "moe_convert: %s -> %s: %d layers, d=%lld, d_h=%lld, N=%d, k=%d, method %s, router %s, scale %.4g\n",
+        opt["--model"].c_str(), out_dir.string().c_str(), cfg.layers, static_cast<long long>(d),
+        static_cast<long long>(dh), n, k, method.c_str(), router.c_str(), scale);
     if (!have_calib) std::printf("  (no --calib: FFN error, oracle recall and load not measured)\n");
-    if (have_calib) std::printf("  measured on %lld held-out calibration tokens per layer\n",
-                                static_cast<long long>(calib[0].rows() / 4));
+    if (have_calib)
+      std::printf("  measured on %lld held-out calibration tokens per layer\n",
+                  static_cast<long long>(calib[0].rows() / 4));
     for (int i = 0; i < cfg.layers; ++i) {
       const LayerReport& rep = reports[static_cast<std::size_t>(i)];
       std::printf("  layer %d:", i);
       if (method == "clustering") std::printf(" k-means objective %.4g", rep.partition_objective);
       if (method == "coactivation") std::printf(" cut weight %.4f", rep.partition_objective);
       if (have_calib) {
-        std::printf(" ffn rel.err %.4f  oracle recall %.4f  load", rep.rel_error, rep.recall);
+        std::printf(" ffn rel.err %.4f (oracle routing %.4f)  oracle recall %.4f  load", rep.rel_error,
+                    rep.oracle_error, rep.recall);
         for (const double l : rep.load) std::printf(" %.3f", l);
       }
       std::printf("\n");
@@ -401,8 +442,9 @@ int main(int argc, char** argv) {
       const nlohmann::json config = llama_moe_config(ckpt.config(), k, sizes, residual_sizes,
                                                      router == "random" ? "mlp" : "linear", scale);
       std::ofstream(tmp / "config.json") << config.dump(2) << "\n";
-      nlohmann::json pjson = {{"method", method}, {"seed", seed},       {"num_experts", n},
-                              {"top_k", k},       {"router", router},   {"score_scale_factor", scale},
+      nlohmann::json pjson = {{"method", method},        {"seed", seed},
+                              {"num_experts", n},        {"top_k", k},
+                              {"router", router},        {"score_scale_factor", scale},
                               {"layers", partition_json}};
       if (method == "sharing-inter") pjson["num_experts_residual"] = residual_r;
       std::ofstream pf(tmp / "partition.json");
@@ -410,14 +452,16 @@ int main(int argc, char** argv) {
       MOE_CHECK(pf.good(), "cannot write '" << (tmp / "partition.json").string() << "'");
       pf.close();
       for (const char* extra : {"generation_config.json"})
-        if (fs::exists(fs::path(opt["--model"]) / extra)) fs::copy_file(fs::path(opt["--model"]) / extra, tmp / extra);
+        if (fs::exists(fs::path(opt["--model"]) / extra))
+          fs::copy_file(fs::path(opt["--model"]) / extra, tmp / extra);
       fs::rename(tmp, out_dir);
     } catch (...) {
       fs::remove_all(tmp);
       throw;
     }
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("  wrote %s (config.json, model.safetensors, partition.json) in %.1f s\n", out_dir.string().c_str(), secs);
+    std::printf("  wrote %s (config.json, model.safetensors, partition.json) in %.1f s\n",
+                out_dir.string().c_str(), secs);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe_convert: %s\n", e.what());

@@ -31,4 +31,18 @@ template void ffn_forward<float>(const FfnWeightsView<float>&, const ConstRowRef
                                  FfnWorkspace<float>&, ThreadPool*, const GluActivation&);
 template void ffn_forward<double>(const FfnWeightsView<double>&, const ConstRowRef<double>&, RowRef<double>,
                                   FfnWorkspace<double>&, ThreadPool*, const GluActivation&);
+template ConstructedPartition independent_clustering<float>(const Eigen::Ref<const ColMatrix<float>>&, int,
+                                                            std::uint64_t, int);
+template ConstructedPartition coactivation_partition<float>(const ConstRowRef<float>&, int, std::uint64_t,
+                                                            int);
+template Eigen::MatrixXd cluster_importance<float>(const ConstRowRef<float>&, const ConstRowRef<float>&,
+                                                   const std::vector<int>&, int);
+template Eigen::MatrixXd split_importance_by_activation<float>(const Eigen::Ref<const Eigen::VectorXd>&,
+                                                               const ConstRowRef<float>&,
+                                                               const std::vector<int>&, int);
+template RowMatrix<double> expert_activation_mass<float>(const ConstRowRef<float>&, const ExpertPartition&);
+template ColMatrix<float> centroid_router<float>(const Eigen::Ref<const ColMatrix<float>>&,
+                                                 const ExpertPartition&);
+template ColMatrix<float> fit_router<float>(const ConstRowRef<float>&,
+                                            const Eigen::Ref<const RowMatrix<double>>&, double);
 }  // namespace moe

@@ -52,8 +52,10 @@ int main(int argc, char** argv) {
     std::printf("SKIPPED: MOE_CONVERT_TOOL is not set\n");
     return 77;
   }
-  if (!std::ifstream(fixture_dir() + "/model.safetensors") || !std::ifstream(fixture_dir() + "/heldout.txt")) {
-    std::printf("SKIPPED: tiny-llama fixtures not found in %s (set MOE_FIXTURE_DIR)\n", fixture_dir().c_str());
+  if (!std::ifstream(fixture_dir() + "/model.safetensors") ||
+      !std::ifstream(fixture_dir() + "/heldout.txt")) {
+    std::printf("SKIPPED: tiny-llama fixtures not found in %s (set MOE_FIXTURE_DIR)\n",
+                fixture_dir().c_str());
     return 77;
   }
   return Catch::Session().run(argc, argv);
@@ -64,12 +66,19 @@ TEST_CASE("moe_convert writes a valid LLaMA-MoE checkpoint with every method", "
   const std::string f = fixture_dir();
   const HfCheckpoint dense(f);
   const RowMatrix<float> x = testutil::random_matrix<RowMatrix<float>>(16, 256, 3);
-  for (const std::string method : {"random", "clustering", "coactivation", "gradient", "sharing-inner", "sharing-inter"}) {
+  for (const std::string method :
+       {"random", "clustering", "coactivation", "gradient", "sharing-inner", "sharing-inter"}) {
     SECTION(method) {
       const fs::path out = tmp.path / method, log = tmp.path / (method + ".log");
-      std::vector<std::string> args = {"--model", f, "--output", out.string(), "--experts", "8", "--top-k", "2",
-                                       "--method", method, "--seed", "5", "--calib", f + "/heldout.txt",
-                                       "--calib-tokens", "512", "--router", method == "random" ? "random" : "fit"};
+      std::vector<std::string> args = {"--model",        f,
+                                       "--output",       out.string(),
+                                       "--experts",      "8",
+                                       "--top-k",        "2",
+                                       "--method",       method,
+                                       "--seed",         "5",
+                                       "--calib",        f + "/heldout.txt",
+                                       "--calib-tokens", "512",
+                                       "--router",       method == "random" ? "random" : "fit"};
       if (method == "gradient" || method.rfind("sharing", 0) == 0) {
         args.push_back("--importance");
         args.push_back(f + "/golden_ffn.safetensors");
@@ -102,14 +111,17 @@ TEST_CASE("moe_convert writes a valid LLaMA-MoE checkpoint with every method", "
         const TensorInfo& a = dense.info(name);
         const TensorInfo& b = moe_ck.info(name);
         CHECK(a.shape == b.shape);
-        CHECK(std::memcmp(dense.file_of(name).bytes(name), moe_ck.file_of(name).bytes(name), a.end - a.begin) == 0);
+        CHECK(std::memcmp(dense.file_of(name).bytes(name), moe_ck.file_of(name).bytes(name),
+                          a.end - a.begin) == 0);
       }
       for (int l = 0; l < 4; ++l) {
-        const auto sets = part["layers"][static_cast<std::size_t>(l)]["experts"].get<std::vector<std::vector<std::int32_t>>>();
+        const auto sets = part["layers"][static_cast<std::size_t>(l)]["experts"]
+                              .get<std::vector<std::vector<std::int32_t>>>();
         const ExpertPartition routed(688, sets);
         std::vector<std::vector<std::int32_t>> all = sets;
         if (residual) {
-          const auto r = part["layers"][static_cast<std::size_t>(l)]["residual"].get<std::vector<std::vector<std::int32_t>>>();
+          const auto r = part["layers"][static_cast<std::size_t>(l)]["residual"]
+                             .get<std::vector<std::vector<std::int32_t>>>();
           REQUIRE(r.size() == 1);
           all.insert(all.end(), r.begin(), r.end());
         }
@@ -127,7 +139,8 @@ TEST_CASE("moe_convert writes a valid LLaMA-MoE checkpoint with every method", "
         // runs exactly like a layer sliced here with the router it carries.
         const MoELayer<float> got = load_llama_moe_layer(moe_ck, l);
         const FfnWeights<float> dw = llama_ffn_weights(dense, l);
-        MoELayer<float> want(slice_experts<float>(dw.view(), routed), got.router(), presets::llama_moe_gate(2, 4.0));
+        MoELayer<float> want(slice_experts<float>(dw.view(), routed), got.router(),
+                             presets::llama_moe_gate(2, 4.0));
         if (residual)
           want.set_shared_experts(slice_experts<float>(
               dw.view(), ExpertPartition(688, part["layers"][static_cast<std::size_t>(l)]["residual"]
@@ -146,7 +159,8 @@ TEST_CASE("moe_convert refuses bad arguments with a message and leaves no output
   TempDir tmp;
   const std::string f = fixture_dir();
   const fs::path out = tmp.path / "out", log = tmp.path / "log";
-  const std::vector<std::string> base = {"--model", f, "--output", out.string(), "--experts", "8", "--top-k", "2"};
+  const std::vector<std::string> base = {"--model",   f,   "--output", out.string(),
+                                         "--experts", "8", "--top-k",  "2"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> a = base;
     a.insert(a.end(), extra.begin(), extra.end());
@@ -171,10 +185,9 @@ TEST_CASE("moe_convert refuses bad arguments with a message and leaves no output
       {with({"--method", "gradient", "--importance", f + "/golden_ffn.safetensors"}), 1, "--calib is needed"},
       {with({"--method", "gradient", "--importance", f + "/model.safetensors", "--calib", f + "/heldout.txt",
              "--calib-tokens", "64"}),
-       1,
-       "must hold exactly one tensor named layer0.importance*"},
-      {{"--model", (tmp.path / "missing").string(), "--output", out.string(), "--experts", "8", "--top-k", "2",
-        "--method", "random"},
+       1, "must hold exactly one tensor named layer0.importance*"},
+      {{"--model", (tmp.path / "missing").string(), "--output", out.string(), "--experts", "8", "--top-k",
+        "2", "--method", "random"},
        1,
        "cannot open"},
       {with({"--method", "random", "--experts", "8"}), 2, "given twice"},

@@ -30,7 +30,8 @@ double objective_of(const RowMatrix<double>& pts, const std::vector<int>& labels
   }
   for (int j = 0; j < k; ++j) c.row(j) /= n[static_cast<std::size_t>(j)];
   double s = 0;
-  for (Index p = 0; p < pts.rows(); ++p) s += (pts.row(p) - c.row(labels[static_cast<std::size_t>(p)])).squaredNorm();
+  for (Index p = 0; p < pts.rows(); ++p)
+    s += (pts.row(p) - c.row(labels[static_cast<std::size_t>(p)])).squaredNorm();
   return s;
 }
 
@@ -43,7 +44,8 @@ std::vector<int> labels_of(const ExpertPartition& p) {
 
 }  // namespace
 
-TEST_CASE("balanced assignment is the minimum-cost one (brute force over all balanced labellings)", "[kmeans]") {
+TEST_CASE("balanced assignment is the minimum-cost one (brute force over all balanced labellings)",
+          "[kmeans]") {
   // 6 points, 3 clusters of 2: 90 labellings; the successive-shortest-path result must cost the least.
   for (std::uint64_t seed = 1; seed <= 20; ++seed) {
     const RowMatrix<double> cost = random_matrix<RowMatrix<double>>(6, 3, seed).cwiseAbs();
@@ -56,14 +58,16 @@ TEST_CASE("balanced assignment is the minimum-cost one (brute force over all bal
     for (int code = 0; code < 729; ++code) {
       int c = code;
       std::vector<int> n(3, 0);
-      for (int p = 0; p < 6; ++p, c /= 3) ++n[static_cast<std::size_t>(l[static_cast<std::size_t>(p)] = c % 3)];
+      for (int p = 0; p < 6; ++p, c /= 3)
+        ++n[static_cast<std::size_t>(l[static_cast<std::size_t>(p)] = c % 3)];
       if (n == std::vector<int>{2, 2, 2}) best = std::min(best, detail::kmeans_objective(cost, l));
     }
     CHECK(detail::kmeans_objective(cost, got) == Approx(best).epsilon(1e-12));
   }
 }
 
-TEST_CASE("balanced k-means: exact sizes, deterministic, never worse than random balanced splits", "[kmeans]") {
+TEST_CASE("balanced k-means: exact sizes, deterministic, never worse than random balanced splits",
+          "[kmeans]") {
   const RowMatrix<double> pts = random_matrix<RowMatrix<double>>(60, 5, 7);
   const KMeansResult a = balanced_kmeans(pts, 4, 3), b = balanced_kmeans(pts, 4, 3);
   CHECK(a.labels == b.labels);
@@ -80,7 +84,8 @@ TEST_CASE("balanced k-means: exact sizes, deterministic, never worse than random
   std::vector<int> m(4, 0);
   for (const int l : odd.labels) ++m[static_cast<std::size_t>(l)];
   CHECK(m == std::vector<int>{16, 15, 15, 15});
-  CHECK_THROWS_WITH(balanced_kmeans(pts.topRows(3), 4, 0), Catch::Contains("cannot make 4 non-empty clusters of 3"));
+  CHECK_THROWS_WITH(balanced_kmeans(pts.topRows(3), 4, 0),
+                    Catch::Contains("cannot make 4 non-empty clusters of 3"));
   RowMatrix<double> bad = pts;
   bad(3, 2) = std::nan("");
   CHECK_THROWS_WITH(balanced_kmeans(bad, 4, 0), Catch::Contains("NaN"));
@@ -99,7 +104,8 @@ TEST_CASE("plain k-means separates planted clusters and keeps every cluster non-
   CHECK(std::set<int>(dup.labels.begin(), dup.labels.end()).size() == 3);
 }
 
-TEST_CASE("independent clustering: equal disjoint experts, better than random on its objective", "[partition]") {
+TEST_CASE("independent clustering: equal disjoint experts, better than random on its objective",
+          "[partition]") {
   const ColMatrix<float> up = random_matrix<ColMatrix<float>>(8, 48, 11);
   const ConstructedPartition c = independent_clustering<float>(up, 4, 2);
   CHECK(c.partition.is_disjoint());
@@ -126,7 +132,8 @@ TEST_CASE("co-activation partition recovers planted groups; its cut is the graph
   const std::vector<int> l = labels_of(c.partition);
   for (Index i = 0; i < 12; ++i)
     for (Index j = 0; j < 12; ++j)
-      CHECK((l[static_cast<std::size_t>(i)] == l[static_cast<std::size_t>(j)]) == (group_of[i] == group_of[j]));
+      CHECK((l[static_cast<std::size_t>(i)] == l[static_cast<std::size_t>(j)]) ==
+            (group_of[i] == group_of[j]));
   CHECK(c.objective == Approx(0.0).margin(1e-12));  // groups never co-fire: nothing is cut
   // On dense data the reported cut equals Σ_{a,b apart} A_ab / Σ A_ab with A = |h|ᵀ|h|.
   const RowMatrix<float> dense = random_matrix<RowMatrix<float>>(20, 12, 6);
@@ -205,7 +212,8 @@ TEST_CASE("sharing-inter: the most shared neurons become residual experts; the r
 
 TEST_CASE("per-cluster importance: formula (5) per cluster, and the activation split of a global vector",
           "[importance]") {
-  const RowMatrix<float> h = random_matrix<RowMatrix<float>>(10, 6, 1), g = random_matrix<RowMatrix<float>>(10, 6, 2);
+  const RowMatrix<float> h = random_matrix<RowMatrix<float>>(10, 6, 1),
+                         g = random_matrix<RowMatrix<float>>(10, 6, 2);
   const std::vector<int> cl = {0, 1, 2, 0, 1, 2, 0, 0, 1, 2};
   const Eigen::MatrixXd v = cluster_importance<float>(h, g, cl, 3);
   for (int c = 0; c < 3; ++c)
@@ -219,13 +227,17 @@ TEST_CASE("per-cluster importance: formula (5) per cluster, and the activation s
   RowMatrix<float> gc(10, 6);
   for (Index t = 0; t < 10; ++t) gc.row(t) = Eigen::RowVectorXf::LinSpaced(6, 0.5f, 3.0f);
   const Eigen::MatrixXd exact = cluster_importance<float>(h, gc, cl, 3);
-  const Eigen::MatrixXd split = split_importance_by_activation<float>(exact.colwise().sum().transpose(), h, cl, 3);
+  const Eigen::MatrixXd split =
+      split_importance_by_activation<float>(exact.colwise().sum().transpose(), h, cl, 3);
   CHECK((split - exact).cwiseAbs().maxCoeff() < 1e-12 * exact.maxCoeff());
   RowMatrix<float> silent = h;
   silent.col(4).setZero();
   const Eigen::VectorXd ones = Eigen::VectorXd::Ones(6);
-  CHECK(split_importance_by_activation<float>(ones, silent, cl, 3).col(4).isApprox(Eigen::VectorXd::Constant(3, 1.0 / 3)));
-  CHECK_THROWS_WITH(cluster_importance<float>(h, g, {0, 1}, 3), Catch::Contains("2 cluster labels for 10 tokens"));
+  CHECK(split_importance_by_activation<float>(ones, silent, cl, 3)
+            .col(4)
+            .isApprox(Eigen::VectorXd::Constant(3, 1.0 / 3)));
+  CHECK_THROWS_WITH(cluster_importance<float>(h, g, {0, 1}, 3),
+                    Catch::Contains("2 cluster labels for 10 tokens"));
   CHECK_THROWS_WITH(cluster_importance<float>(h, g, std::vector<int>(10, 3), 3),
                     Catch::Contains("token 0 has cluster 3"));
 }
@@ -251,7 +263,8 @@ TEST_CASE("expert activation mass and the oracle top-k recall, by hand", "[route
 }
 
 TEST_CASE("router initialisations: random bounds and seeds, centroids, least-squares fit", "[router_init]") {
-  const RouterGate<float> a = random_router(16, 4, 7), b = random_router(16, 4, 7), c = random_router(16, 4, 8);
+  const RouterGate<float> a = random_router(16, 4, 7), b = random_router(16, 4, 7),
+                          c = random_router(16, 4, 8);
   CHECK(a.weight == b.weight);
   CHECK(a.mlp_out == b.mlp_out);
   CHECK(a.weight != c.weight);
@@ -274,5 +287,6 @@ TEST_CASE("router initialisations: random bounds and seeds, centroids, least-squ
   const RowMatrix<double> mass = x.cast<double>() * w;
   const ColMatrix<float> fit = fit_router<float>(x, mass, 0.0);
   CHECK((fit.cast<double>() - w).cwiseAbs().maxCoeff() < 1e-5);
-  CHECK_THROWS_WITH(fit_router<float>(x.topRows(5), mass, 0.0), Catch::Contains("5 calibration tokens but mass for 40"));
+  CHECK_THROWS_WITH(fit_router<float>(x.topRows(5), mass, 0.0),
+                    Catch::Contains("5 calibration tokens but mass for 40"));
 }

@@ -94,7 +94,8 @@ TEST_CASE("the converting loader gives the same FFN as the zero-copy view", "[fi
                     Catch::Contains("model.layers.4.mlp.gate_proj.weight' not found"));
 }
 
-TEST_CASE("the LLaMA decoder forward reproduces Hugging Face logits, loss and every MLP input", "[fixtures]") {
+TEST_CASE("the LLaMA decoder forward reproduces Hugging Face logits, loss and every MLP input",
+          "[fixtures]") {
   const HfCheckpoint ckpt(fixture_dir());
   const LlamaModel model(ckpt);
   const SafeTensorsFile golden(fixture_dir() + "/golden_ffn.safetensors");
@@ -106,13 +107,15 @@ TEST_CASE("the LLaMA decoder forward reproduces Hugging Face logits, loss and ev
   CHECK((logits - golden.matrix<float>("logits")).cwiseAbs().maxCoeff() < 1e-3f);
   REQUIRE(mlp_in.size() == 4);
   for (int l = 0; l < 4; ++l)
-    CHECK((mlp_in[static_cast<std::size_t>(l)] - golden.matrix<float>("layer" + std::to_string(l) + ".mlp_in"))
-              .cwiseAbs()
-              .maxCoeff() < 1e-4f);
+    CHECK(
+        (mlp_in[static_cast<std::size_t>(l)] - golden.matrix<float>("layer" + std::to_string(l) + ".mlp_in"))
+            .cwiseAbs()
+            .maxCoeff() < 1e-4f);
   double loss = 0;  // mean next-byte cross-entropy over the 255 predictions, in double
   for (Index t = 0; t + 1 < logits.rows(); ++t) {
     const Eigen::RowVectorXd z = logits.row(t).cast<double>();
-    loss += z.maxCoeff() + std::log((z.array() - z.maxCoeff()).exp().sum()) - z(ids[static_cast<std::size_t>(t) + 1]);
+    loss += z.maxCoeff() + std::log((z.array() - z.maxCoeff()).exp().sum()) -
+            z(ids[static_cast<std::size_t>(t) + 1]);
   }
   CHECK(loss / 255 == Approx(golden.vector<float>("loss")[0]).margin(1e-4));
   CHECK_THROWS_WITH(model.forward({1, 256}), Catch::Contains("token id 256 at position 1 outside [0, 256)"));
@@ -129,7 +132,8 @@ TEST_CASE("calibration window 0 through the forward gives the golden h (the inpu
   for (int l = 0; l < 4; ++l) {
     const FfnWeights<float> w = llama_ffn_weights(ckpt, l);
     const RowMatrix<float> g = mlp_in[static_cast<std::size_t>(l)] * w.gate;
-    const RowMatrix<float> h = g.unaryExpr([](float z) { return silu(z); }).cwiseProduct(mlp_in[static_cast<std::size_t>(l)] * w.up);
+    const RowMatrix<float> h =
+        g.unaryExpr([](float z) { return silu(z); }).cwiseProduct(mlp_in[static_cast<std::size_t>(l)] * w.up);
     const auto want = golden.matrix<float>("layer" + std::to_string(l) + ".h_window0");
     CHECK(testutil::rel_err(h, want) < 1e-4);
   }

@@ -30,7 +30,7 @@ struct TempDir {
 };
 
 nlohmann::json dense_config() {
-  return {{"model_type", "llama"}, {"hidden_size", kD},        {"intermediate_size", kDh},
+  return {{"model_type", "llama"},  {"hidden_size", kD},        {"intermediate_size", kDh},
           {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"vocab_size", 16}};
 }
 
@@ -43,10 +43,11 @@ void write_dense(const fs::path& dir, Dtype dtype, bool shards) {
   for (int l = 0; l < 2; ++l)
     for (const char* p : {"gate_proj", "up_proj", "down_proj"}) {
       const bool down = std::string(p) == "down_proj";
-      const RowMatrix<float> w =
-          random_matrix<RowMatrix<float>>(down ? kD : kDh, down ? kDh : kD, static_cast<std::uint64_t>(10 * l) + p[0], 0.5);
+      const RowMatrix<float> w = random_matrix<RowMatrix<float>>(
+          down ? kD : kDh, down ? kDh : kD, static_cast<std::uint64_t>(10 * l) + p[0], 0.5);
       SafeTensorsWriter& into = shards && down ? b : a;
-      into.add_float(detail::llama_mlp_name(l, p), dtype, {w.rows(), w.cols()}, w.data(), static_cast<std::size_t>(w.size()));
+      into.add_float(detail::llama_mlp_name(l, p), dtype, {w.rows(), w.cols()}, w.data(),
+                     static_cast<std::size_t>(w.size()));
     }
   const Eigen::VectorXf norm = Eigen::VectorXf::LinSpaced(kD, 0.5f, 1.5f);
   (shards ? b : a).add_float("model.norm.weight", dtype, {kD}, norm.data(), kD);
@@ -75,7 +76,8 @@ void convert(const HfCheckpoint& dense, const fs::path& out_dir, const std::vect
     add_llama_moe_experts(w, dense, l, routed[static_cast<std::size_t>(l)], res);
     add_llama_moe_gate(w, l, gates[static_cast<std::size_t>(l)], res != nullptr);
     std::vector<Index> s;
-    for (int e = 0; e < routed[static_cast<std::size_t>(l)].num_experts(); ++e) s.push_back(routed[static_cast<std::size_t>(l)].expert_size(e));
+    for (int e = 0; e < routed[static_cast<std::size_t>(l)].num_experts(); ++e)
+      s.push_back(routed[static_cast<std::size_t>(l)].expert_size(e));
     sizes.push_back(s);
     if (res) {
       std::vector<Index> r;
@@ -85,12 +87,14 @@ void convert(const HfCheckpoint& dense, const fs::path& out_dir, const std::vect
   }
   w.write((out_dir / "model.safetensors").string());
   const std::string net = gates[0].mlp_out.size() ? "mlp" : "linear";
-  std::ofstream(out_dir / "config.json") << llama_moe_config(dense.config(), k, sizes, rsizes, net, scale).dump();
+  std::ofstream(out_dir / "config.json")
+      << llama_moe_config(dense.config(), k, sizes, rsizes, net, scale).dump();
 }
 
 }  // namespace
 
-TEST_CASE("a sharded checkpoint resolves every tensor to its shard; a wrong index is refused", "[checkpoint]") {
+TEST_CASE("a sharded checkpoint resolves every tensor to its shard; a wrong index is refused",
+          "[checkpoint]") {
   TempDir tmp;
   write_dense(tmp.path / "dense", Dtype::F32, true);
   const HfCheckpoint ck((tmp.path / "dense").string());
@@ -120,7 +124,8 @@ TEST_CASE("LLaMA-MoE checkpoint: experts are dense rows bit for bit, and the lay
         routed.push_back(ExpertPartition::independent_random(kDh, 4, static_cast<std::uint64_t>(l)));
         // One gate network per model (config gate_network): the MLP gate with F32, linear with BF16.
         gates.push_back(dtype == Dtype::F32 ? random_router(kD, 4, 3 + static_cast<std::uint64_t>(l))
-                                            : RouterGate<float>(random_matrix<ColMatrix<float>>(kD, 4, 9 + static_cast<std::uint64_t>(l))));
+                                            : RouterGate<float>(random_matrix<ColMatrix<float>>(
+                                                  kD, 4, 9 + static_cast<std::uint64_t>(l))));
       }
       convert(dense, tmp.path / "moe", routed, {}, gates, 2, 1.5);
       const HfCheckpoint moe_ck((tmp.path / "moe").string());
@@ -138,14 +143,17 @@ TEST_CASE("LLaMA-MoE checkpoint: experts are dense rows bit for bit, and the lay
       const auto& s = routed[1].expert(2);
       for (std::size_t i = 0; i < s.size(); ++i) {
         CHECK(std::memcmp(moe_ck.file_of(g0).bytes(g0) + i * kD * es,
-                          dense.file_of(detail::llama_mlp_name(1, "gate_proj")).bytes(detail::llama_mlp_name(1, "gate_proj")) +
+                          dense.file_of(detail::llama_mlp_name(1, "gate_proj"))
+                                  .bytes(detail::llama_mlp_name(1, "gate_proj")) +
                               static_cast<std::size_t>(s[i]) * kD * es,
                           kD * es) == 0);
         for (Index r = 0; r < kD; ++r)
-          CHECK(std::memcmp(moe_ck.file_of(dn0).bytes(dn0) + (static_cast<std::size_t>(r) * s.size() + i) * es,
-                            dense.file_of(detail::llama_mlp_name(1, "down_proj")).bytes(detail::llama_mlp_name(1, "down_proj")) +
-                                (static_cast<std::size_t>(r) * kDh + static_cast<std::size_t>(s[i])) * es,
-                            es) == 0);
+          CHECK(
+              std::memcmp(moe_ck.file_of(dn0).bytes(dn0) + (static_cast<std::size_t>(r) * s.size() + i) * es,
+                          dense.file_of(detail::llama_mlp_name(1, "down_proj"))
+                                  .bytes(detail::llama_mlp_name(1, "down_proj")) +
+                              (static_cast<std::size_t>(r) * kDh + static_cast<std::size_t>(s[i])) * es,
+                          es) == 0);
       }
 
       // Both layers reload and reproduce the MoE built directly from the dense weights.
@@ -187,7 +195,8 @@ TEST_CASE("LLaMA-MoE residual checkpoint: residual experts under residual_block,
   REQUIRE(got.shared_experts().size() == 1);
   // y = 3 · (the routed expert, weight 1 with k = 1) + residual expert, against the dense slices.
   const FfnWeights<float> dw = llama_ffn_weights(dense, 1);
-  MoELayer<float> want(slice_experts<float>(dw.view(), rp.routed), random_router(kD, 3, 2), presets::llama_moe_gate(1, 3.0));
+  MoELayer<float> want(slice_experts<float>(dw.view(), rp.routed), random_router(kD, 3, 2),
+                       presets::llama_moe_gate(1, 3.0));
   want.set_shared_experts(slice_experts<float>(dw.view(), rp.residual));
   const RowMatrix<float> x = random_matrix<RowMatrix<float>>(7, kD, 6);
   MoEWorkspace<float> ws;
@@ -196,7 +205,8 @@ TEST_CASE("LLaMA-MoE residual checkpoint: residual experts under residual_block,
   got.forward(x, y_got, ws);
   CHECK(testutil::bitwise_equal(y_got, y_want));
   // The residual expert really contributes: without it the outputs differ.
-  MoELayer<float> no_res(slice_experts<float>(dw.view(), rp.routed), random_router(kD, 3, 2), presets::llama_moe_gate(1, 3.0));
+  MoELayer<float> no_res(slice_experts<float>(dw.view(), rp.routed), random_router(kD, 3, 2),
+                         presets::llama_moe_gate(1, 3.0));
   RowMatrix<float> y_nores(7, kD);
   no_res.forward(x, y_nores, ws);
   CHECK(testutil::rel_err(y_nores, y_got) > 1e-3);
@@ -214,9 +224,11 @@ TEST_CASE("LLaMA-MoE loader refuses what it cannot reproduce, naming the key", "
     c[key] = value;
     std::ofstream(tmp.path / "moe" / "config.json") << c.dump();
   };
-  CHECK_THROWS_WITH(load_llama_moe_layer(HfCheckpoint((tmp.path / "moe").string()), 2), Catch::Contains("layer 2 outside [0, 2)"));
+  CHECK_THROWS_WITH(load_llama_moe_layer(HfCheckpoint((tmp.path / "moe").string()), 2),
+                    Catch::Contains("layer 2 outside [0, 2)"));
   with("gate_use_softmax", false);
-  CHECK_THROWS_WITH(load_llama_moe_layer(HfCheckpoint((tmp.path / "moe").string()), 0), Catch::Contains("gate_use_softmax"));
+  CHECK_THROWS_WITH(load_llama_moe_layer(HfCheckpoint((tmp.path / "moe").string()), 0),
+                    Catch::Contains("gate_use_softmax"));
   with("gate_use_softmax", true);
   with("size_experts", {{3, 3, 3, 3}});
   CHECK_THROWS_WITH(load_llama_moe_layer(HfCheckpoint((tmp.path / "moe").string()), 0),

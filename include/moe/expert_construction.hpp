@@ -63,11 +63,12 @@ inline std::vector<std::int32_t> by_importance(const Eigen::Ref<const Eigen::Mat
 /// LLaMA-MoE's non-sharing gradient split: repeatedly give the single most valued (expert,
 /// neuron) pair left — each expert's best unused neuron, compared across experts not yet full —
 /// until every allowed neuron is placed. Ties go to the lower expert. O(d_h · N).
-inline std::vector<std::vector<std::int32_t>> greedy_by_importance(const Eigen::Ref<const Eigen::MatrixXd>& importance,
-                                                                   std::vector<char> used,
-                                                                   const std::vector<Index>& sizes) {
+inline std::vector<std::vector<std::int32_t>> greedy_by_importance(
+    const Eigen::Ref<const Eigen::MatrixXd>& importance, std::vector<char> used,
+    const std::vector<Index>& sizes) {
   const auto n = static_cast<int>(importance.rows());
-  std::vector<std::vector<std::int32_t>> order(static_cast<std::size_t>(n)), sets(static_cast<std::size_t>(n));
+  std::vector<std::vector<std::int32_t>> order(static_cast<std::size_t>(n)),
+      sets(static_cast<std::size_t>(n));
   for (int j = 0; j < n; ++j) order[static_cast<std::size_t>(j)] = by_importance(importance, j);
   std::vector<std::size_t> next(static_cast<std::size_t>(n), 0);
   const Index total = std::accumulate(sizes.begin(), sizes.end(), Index{0});
@@ -100,8 +101,9 @@ template <class T>
 ConstructedPartition independent_clustering(const Eigen::Ref<const ColMatrix<T>>& w_up, int num_experts,
                                             std::uint64_t seed, int max_iter = 100) {
   const Index dh = w_up.cols();
-  MOE_CHECK(num_experts > 0 && dh % num_experts == 0,
-            "independent_clustering: N=" << num_experts << " must divide d_h=" << dh << " (equal-size experts)");
+  MOE_CHECK(
+      num_experts > 0 && dh % num_experts == 0,
+      "independent_clustering: N=" << num_experts << " must divide d_h=" << dh << " (equal-size experts)");
   RowMatrix<double> points = w_up.template cast<double>().transpose();
   for (Index i = 0; i < dh; ++i) {
     const double norm = points.row(i).norm();
@@ -123,8 +125,9 @@ ConstructedPartition coactivation_partition(const ConstRowRef<T>& h, int num_exp
                                             int max_iter = 100) {
   const Index dh = h.cols();
   MOE_CHECK(h.rows() > 0, "coactivation_partition: no calibration tokens");
-  MOE_CHECK(num_experts > 0 && dh % num_experts == 0,
-            "coactivation_partition: N=" << num_experts << " must divide d_h=" << dh << " (equal-size experts)");
+  MOE_CHECK(
+      num_experts > 0 && dh % num_experts == 0,
+      "coactivation_partition: N=" << num_experts << " must divide d_h=" << dh << " (equal-size experts)");
   const RowMatrix<double> profiles = h.template cast<double>().cwiseAbs().transpose();  // d_h x T
   KMeansResult km = balanced_kmeans(profiles, num_experts, seed, max_iter);
   RowMatrix<double> part_sum = RowMatrix<double>::Zero(num_experts, profiles.cols());
@@ -161,8 +164,9 @@ inline ExpertPartition gradient_partition(const Eigen::Ref<const Eigen::MatrixXd
   const Index dh = importance.cols();
   const auto n = static_cast<int>(importance.rows());
   MOE_CHECK(dh >= n, "gradient_partition: cannot split d_h=" << dh << " neurons into N=" << n << " experts");
-  return ExpertPartition(dh, detail::greedy_by_importance(importance, std::vector<char>(static_cast<std::size_t>(dh), 0),
-                                                          detail::even_sizes(dh, n)));
+  return ExpertPartition(
+      dh, detail::greedy_by_importance(importance, std::vector<char>(static_cast<std::size_t>(dh), 0),
+                                       detail::even_sizes(dh, n)));
 }
 
 /// SharingInter (LLaMA-MoE residual split): the neurons most experts would share move to R
@@ -172,8 +176,8 @@ inline ExpertPartition gradient_partition(const Eigen::Ref<const Eigen::MatrixXd
 /// residual list is cut in R consecutive runs; the routed experts then split the remaining
 /// d_h − R·residual_size neurons greedily by importance (gradient_partition's rule), as evenly
 /// as possible. importance: N x d_h, one row per routed expert's data cluster.
-inline ResidualPartition sharing_inter(const Eigen::Ref<const Eigen::MatrixXd>& importance, int residual_experts,
-                                       Index residual_size) {
+inline ResidualPartition sharing_inter(const Eigen::Ref<const Eigen::MatrixXd>& importance,
+                                       int residual_experts, Index residual_size) {
   detail::check_importance(importance, "sharing_inter");
   const Index dh = importance.cols();
   const auto n = static_cast<int>(importance.rows());
@@ -210,7 +214,8 @@ inline ResidualPartition sharing_inter(const Eigen::Ref<const Eigen::MatrixXd>& 
     std::sort(s.begin(), s.end());
     residual_sets.push_back(std::move(s));
   }
-  return {ExpertPartition(dh, detail::greedy_by_importance(importance, residual, detail::even_sizes(dh - capacity, n))),
+  return {ExpertPartition(
+              dh, detail::greedy_by_importance(importance, residual, detail::even_sizes(dh - capacity, n))),
           ExpertPartition(dh, std::move(residual_sets))};
 }
 

@@ -73,8 +73,8 @@ Eigen::MatrixXd cluster_importance(const ConstRowRef<T>& h, const ConstRowRef<T>
   std::vector<NeuronImportance> acc(static_cast<std::size_t>(clusters), NeuronImportance(h.cols()));
   for (Index t = 0; t < h.rows(); ++t) {
     const int c = cluster[static_cast<std::size_t>(t)];
-    MOE_CHECK(c >= 0 && c < clusters, "cluster_importance: token " << t << " has cluster " << c << ", expected [0, "
-                                                                   << clusters << ")");
+    MOE_CHECK(c >= 0 && c < clusters, "cluster_importance: token " << t << " has cluster " << c
+                                                                   << ", expected [0, " << clusters << ")");
     acc[static_cast<std::size_t>(c)].add<T>(h.row(t), grad_h.row(t));
   }
   Eigen::MatrixXd v(clusters, h.cols());
@@ -90,18 +90,21 @@ Eigen::MatrixXd cluster_importance(const ConstRowRef<T>& h, const ConstRowRef<T>
 /// which cluster_importance replaces when per-token gradients exist. A neuron silent on every
 /// token has its importance split evenly.
 template <class T>
-Eigen::MatrixXd split_importance_by_activation(const Eigen::Ref<const Eigen::VectorXd>& v, const ConstRowRef<T>& h,
-                                               const std::vector<int>& cluster, int clusters) {
-  MOE_CHECK(v.size() == h.cols(), "split_importance_by_activation: importance has " << v.size()
-                                                                                     << " values, h has d_h=" << h.cols());
+Eigen::MatrixXd split_importance_by_activation(const Eigen::Ref<const Eigen::VectorXd>& v,
+                                               const ConstRowRef<T>& h, const std::vector<int>& cluster,
+                                               int clusters) {
+  MOE_CHECK(v.size() == h.cols(), "split_importance_by_activation: importance has "
+                                      << v.size() << " values, h has d_h=" << h.cols());
   MOE_CHECK(v.allFinite(), "split_importance_by_activation: importance contains NaN or infinity");
   MOE_CHECK(static_cast<Index>(cluster.size()) == h.rows(),
-            "split_importance_by_activation: " << cluster.size() << " cluster labels for " << h.rows() << " tokens");
+            "split_importance_by_activation: " << cluster.size() << " cluster labels for " << h.rows()
+                                               << " tokens");
   Eigen::MatrixXd mass = Eigen::MatrixXd::Zero(clusters, h.cols());
   for (Index t = 0; t < h.rows(); ++t) {
     const int c = cluster[static_cast<std::size_t>(t)];
     MOE_CHECK(c >= 0 && c < clusters, "split_importance_by_activation: token "
-                                          << t << " has cluster " << c << ", expected [0, " << clusters << ")");
+                                          << t << " has cluster " << c << ", expected [0, " << clusters
+                                          << ")");
     mass.row(c) += h.row(t).template cast<double>().cwiseAbs();
   }
   for (Index i = 0; i < h.cols(); ++i) {

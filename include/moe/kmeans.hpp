@@ -27,14 +27,15 @@ namespace detail {
 
 inline void check_kmeans_input(const ConstRowRef<double>& points, int k, const char* who) {
   MOE_CHECK(k > 0, who << ": number of clusters must be positive, got " << k);
-  MOE_CHECK(points.rows() >= k, who << ": cannot make " << k << " non-empty clusters of " << points.rows()
-                                    << " points");
+  MOE_CHECK(points.rows() >= k,
+            who << ": cannot make " << k << " non-empty clusters of " << points.rows() << " points");
   MOE_CHECK(points.cols() > 0, who << ": points have no coordinates");
   MOE_CHECK(points.allFinite(), who << ": points contain NaN or infinity");
 }
 
 /// cost(p, j) = ||x_p − μ_j||² for every point and centroid (n x k).
-inline RowMatrix<double> squared_distances(const ConstRowRef<double>& points, const RowMatrix<double>& centroids) {
+inline RowMatrix<double> squared_distances(const ConstRowRef<double>& points,
+                                           const RowMatrix<double>& centroids) {
   RowMatrix<double> cost = -2.0 * points * centroids.transpose();
   cost.colwise() += points.rowwise().squaredNorm();
   cost.rowwise() += centroids.rowwise().squaredNorm().transpose();
@@ -79,7 +80,8 @@ inline void update_centroids(const ConstRowRef<double>& points, const std::vecto
     ++count[static_cast<std::size_t>(labels[static_cast<std::size_t>(p)])];
   }
   for (Index j = 0; j < centroids.rows(); ++j)
-    if (count[static_cast<std::size_t>(j)] > 0) centroids.row(j) /= static_cast<double>(count[static_cast<std::size_t>(j)]);
+    if (count[static_cast<std::size_t>(j)] > 0)
+      centroids.row(j) /= static_cast<double>(count[static_cast<std::size_t>(j)]);
 }
 
 /// Minimum-cost assignment of n points to k clusters with exactly capacity[j] points each
@@ -88,7 +90,8 @@ inline void update_centroids(const ConstRowRef<double>& points, const std::vecto
 /// to b costs cost(q,b) − cost(q,a), so a shortest path is Bellman–Ford over k nodes. Each step
 /// keeps the assignment of the points placed so far optimal, so the last one is optimal for all.
 /// O(n² k) time.
-inline std::vector<int> balanced_assignment(const RowMatrix<double>& cost, const std::vector<Index>& capacity) {
+inline std::vector<int> balanced_assignment(const RowMatrix<double>& cost,
+                                            const std::vector<Index>& capacity) {
   const Index n = cost.rows();
   const auto k = static_cast<int>(cost.cols());
   std::vector<int> label(static_cast<std::size_t>(n), -1);
@@ -174,7 +177,8 @@ inline KMeansResult balanced_kmeans(const ConstRowRef<double>& points, int k, st
   KMeansResult r;
   r.centroids = detail::kmeans_plus_plus(points, k, rng);
   for (r.iterations = 1; r.iterations <= max_iter; ++r.iterations) {
-    std::vector<int> labels = detail::balanced_assignment(detail::squared_distances(points, r.centroids), capacity);
+    std::vector<int> labels =
+        detail::balanced_assignment(detail::squared_distances(points, r.centroids), capacity);
     const bool same = labels == r.labels;
     r.labels = std::move(labels);
     if (same) break;

@@ -35,8 +35,8 @@ struct LlamaConfig {
     k.head_dim = c.integer_or("head_dim", static_cast<int>(k.hidden / std::max(k.heads, 1)));
     k.rms_norm_eps = c.number_or("rms_norm_eps", 1e-6);
     k.tied_embeddings = c.boolean_or("tie_word_embeddings", false);
-    MOE_CHECK(k.hidden > 0 && k.intermediate > 0 && k.vocab > 0 && k.layers > 0 && k.heads > 0 && k.kv_heads > 0 &&
-                  k.head_dim > 0 && k.head_dim % 2 == 0 && k.heads % k.kv_heads == 0,
+    MOE_CHECK(k.hidden > 0 && k.intermediate > 0 && k.vocab > 0 && k.layers > 0 && k.heads > 0 &&
+                  k.kv_heads > 0 && k.head_dim > 0 && k.head_dim % 2 == 0 && k.heads % k.kv_heads == 0,
               "config.json (llama): inconsistent sizes (hidden, heads, kv heads, head_dim)");
     MOE_CHECK(c.string_or("hidden_act", "silu") == "silu", "config.json (llama): hidden_act must be silu");
     MOE_CHECK(!c.boolean_or("attention_bias", false) && !c.boolean_or("mlp_bias", false),
@@ -61,11 +61,14 @@ struct LlamaConfig {
 class LlamaModel {
  public:
   explicit LlamaModel(const HfCheckpoint& ckpt) : config_(LlamaConfig::from_json(ckpt.config())) {
-    const Index d = config_.hidden, q = config_.heads * config_.head_dim, kv = config_.kv_heads * config_.head_dim;
+    const Index d = config_.hidden, q = config_.heads * config_.head_dim,
+                kv = config_.kv_heads * config_.head_dim;
     auto linear = [&](const std::string& name, Index in, Index out) {
       return detail::HfTensors(ckpt.file_of(name), "").linear(name, in, out);
     };
-    auto vec = [&](const std::string& name, Index n) { return detail::HfTensors(ckpt.file_of(name), "").vector(name, n); };
+    auto vec = [&](const std::string& name, Index n) {
+      return detail::HfTensors(ckpt.file_of(name), "").vector(name, n);
+    };
     embed_ = linear("model.embed_tokens.weight", d, config_.vocab);
     lm_head_ = config_.tied_embeddings ? embed_ : linear("lm_head.weight", d, config_.vocab);
     norm_ = vec("model.norm.weight", d);
@@ -89,14 +92,16 @@ class LlamaModel {
 
   /// Logits (T x vocab) for one sequence of token ids starting at position 0. mlp_inputs: if not
   /// null, receives each layer's MLP input (the post-attention RMSNorm output, T x d).
-  RowMatrix<float> forward(const std::vector<std::int32_t>& ids, std::vector<RowMatrix<float>>* mlp_inputs = nullptr) const {
+  RowMatrix<float> forward(const std::vector<std::int32_t>& ids,
+                           std::vector<RowMatrix<float>>* mlp_inputs = nullptr) const {
     const auto t_len = static_cast<Index>(ids.size());
     MOE_CHECK(t_len > 0, "LlamaModel::forward: no tokens");
     RowMatrix<float> x(t_len, config_.hidden);
     for (Index t = 0; t < t_len; ++t) {
       const std::int32_t id = ids[static_cast<std::size_t>(t)];
-      MOE_CHECK(id >= 0 && id < config_.vocab,
-                "LlamaModel::forward: token id " << id << " at position " << t << " outside [0, " << config_.vocab << ")");
+      MOE_CHECK(id >= 0 && id < config_.vocab, "LlamaModel::forward: token id " << id << " at position " << t
+                                                                                << " outside [0, "
+                                                                                << config_.vocab << ")");
       x.row(t) = embed_.col(id).transpose();
     }
     if (mlp_inputs) mlp_inputs->clear();
@@ -147,7 +152,8 @@ class LlamaModel {
     return {c, s};
   }
 
-  void apply_rope(RowMatrix<float>& m, int heads, const RowMatrix<float>& c, const RowMatrix<float>& s) const {
+  void apply_rope(RowMatrix<float>& m, int heads, const RowMatrix<float>& c,
+                  const RowMatrix<float>& s) const {
     const Index hd = config_.head_dim, half = hd / 2;
     for (Index t = 0; t < m.rows(); ++t)
       for (int h = 0; h < heads; ++h)

@@ -36,8 +36,8 @@ struct LlamaMoENames {
     return moe_prefix() + "calculator.experts.weight_" + proj + "." + std::to_string(e);
   }
   std::string residual_expert(const char* proj, int r) const {
-    return "model.layers." + std::to_string(layer) + ".mlp.residual_block.calculator.experts.weight_" + proj + "." +
-           std::to_string(r);
+    return "model.layers." + std::to_string(layer) + ".mlp.residual_block.calculator.experts.weight_" + proj +
+           "." + std::to_string(r);
   }
   /// gate_network "mlp": gate_network.0.weight [N, d] and gate_network.2.weight [N, N];
   /// "linear": gate_network.weight [N, d]. weight_noise.weight [N, d] in both.
@@ -53,7 +53,8 @@ inline std::vector<unsigned char> gather_rows(const SafeTensorsFile& f, const st
   const std::size_t row_bytes = static_cast<std::size_t>(t.shape[1]) * dtype_size(t.dtype);
   std::vector<unsigned char> out(rows.size() * row_bytes);
   for (std::size_t r = 0; r < rows.size(); ++r)
-    std::memcpy(out.data() + r * row_bytes, f.bytes(name) + static_cast<std::size_t>(rows[r]) * row_bytes, row_bytes);
+    std::memcpy(out.data() + r * row_bytes, f.bytes(name) + static_cast<std::size_t>(rows[r]) * row_bytes,
+                row_bytes);
   return out;
 }
 
@@ -67,8 +68,8 @@ inline std::vector<unsigned char> gather_cols(const SafeTensorsFile& f, const st
   const unsigned char* src = f.bytes(name);
   for (std::size_t r = 0; r < rows; ++r)
     for (std::size_t c = 0; c < cols.size(); ++c)
-      std::memcpy(out.data() + (r * cols.size() + c) * es, src + (r * c_total + static_cast<std::size_t>(cols[c])) * es,
-                  es);
+      std::memcpy(out.data() + (r * cols.size() + c) * es,
+                  src + (r * c_total + static_cast<std::size_t>(cols[c])) * es, es);
   return out;
 }
 
@@ -86,16 +87,19 @@ inline void add_linear(SafeTensorsWriter& w, const std::string& name, const ColM
 /// residual: null, or the residual experts (written under residual_block).
 inline void add_llama_moe_experts(SafeTensorsWriter& out, const HfCheckpoint& dense, int layer,
                                   const ExpertPartition& routed, const ExpertPartition* residual) {
-  const std::string gate = detail::llama_mlp_name(layer, "gate_proj"), up = detail::llama_mlp_name(layer, "up_proj"),
+  const std::string gate = detail::llama_mlp_name(layer, "gate_proj"),
+                    up = detail::llama_mlp_name(layer, "up_proj"),
                     down = detail::llama_mlp_name(layer, "down_proj");
   const TensorInfo& g = dense.info(gate);
   const TensorInfo& u = dense.info(up);
   const TensorInfo& dn = dense.info(down);
-  MOE_CHECK(g.shape.size() == 2 && u.shape == g.shape && dn.shape.size() == 2 && dn.shape[0] == g.shape[1] &&
-                dn.shape[1] == g.shape[0] && g.dtype == u.dtype && g.dtype == dn.dtype,
-            "LLaMA layer " << layer << ": gate_proj/up_proj must be [d_h, d] and down_proj [d, d_h], one dtype");
-  MOE_CHECK(routed.hidden_dim() == g.shape[0], "LLaMA layer " << layer << ": partition is over d_h="
-                                                              << routed.hidden_dim() << ", the layer has " << g.shape[0]);
+  MOE_CHECK(
+      g.shape.size() == 2 && u.shape == g.shape && dn.shape.size() == 2 && dn.shape[0] == g.shape[1] &&
+          dn.shape[1] == g.shape[0] && g.dtype == u.dtype && g.dtype == dn.dtype,
+      "LLaMA layer " << layer << ": gate_proj/up_proj must be [d_h, d] and down_proj [d, d_h], one dtype");
+  MOE_CHECK(routed.hidden_dim() == g.shape[0],
+            "LLaMA layer " << layer << ": partition is over d_h=" << routed.hidden_dim() << ", the layer has "
+                           << g.shape[0]);
   const LlamaMoENames names{layer, residual != nullptr};
   const std::int64_t d = g.shape[1];
   auto write = [&](const std::vector<std::int32_t>& s, const std::string& ng, const std::string& nu,
@@ -118,7 +122,8 @@ inline void add_llama_moe_experts(SafeTensorsWriter& out, const HfCheckpoint& de
 
 /// Writes layer `layer`'s router (F32): an MLP gate (mlp_out set) as gate_network.0/.2, a linear gate
 /// as gate_network; weight_noise is the gate's noise weight, or zeros.
-inline void add_llama_moe_gate(SafeTensorsWriter& out, int layer, const RouterGate<float>& gate, bool residual_model) {
+inline void add_llama_moe_gate(SafeTensorsWriter& out, int layer, const RouterGate<float>& gate,
+                               bool residual_model) {
   MOE_CHECK(!gate.empty() && gate.bias.size() == 0 && gate.selection_bias.size() == 0,
             "LLaMA-MoE gate: needs a weight and has no bias");
   const LlamaMoENames names{layer, residual_model};
@@ -128,14 +133,16 @@ inline void add_llama_moe_gate(SafeTensorsWriter& out, int layer, const RouterGa
   } else {
     detail::add_linear(out, names.gate("gate_network.weight"), gate.weight);
   }
-  detail::add_linear(out, names.gate("weight_noise.weight"),
-                     gate.noise.size() ? gate.noise : ColMatrix<float>::Zero(gate.model_dim(), gate.num_experts()));
+  detail::add_linear(
+      out, names.gate("weight_noise.weight"),
+      gate.noise.size() ? gate.noise : ColMatrix<float>::Zero(gate.model_dim(), gate.num_experts()));
 }
 
 /// config.json of the converted model: the dense config with LLaMA-MoE's fields. sizes[i][e] is
 /// layer i's expert e size; residual_sizes is empty, or per layer the R residual expert sizes
 /// (then model_type llama_moe_residual with its extra fields). gate_network: "mlp" or "linear".
-inline nlohmann::json llama_moe_config(nlohmann::json dense, int top_k, const std::vector<std::vector<Index>>& sizes,
+inline nlohmann::json llama_moe_config(nlohmann::json dense, int top_k,
+                                       const std::vector<std::vector<Index>>& sizes,
                                        const std::vector<std::vector<Index>>& residual_sizes,
                                        const std::string& gate_network, double score_scale_factor) {
   MOE_CHECK(!sizes.empty() && !sizes[0].empty(), "llama_moe_config: no experts");
@@ -191,9 +198,11 @@ inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer)
   MOE_CHECK(cfg.string_or("gate_type", "TopKBalancedNoisyGate") == "TopKBalancedNoisyGate",
             "config.json (llama_moe): gate_type '" << cfg.string_or("gate_type", "") << "' is not supported");
   MOE_CHECK(cfg.string_or("calculator_type", "UniversalCalculator") == "UniversalCalculator",
-            "config.json (llama_moe): calculator_type '" << cfg.string_or("calculator_type", "") << "' is not supported");
-  MOE_CHECK(cfg.boolean_or("gate_use_softmax", true) && cfg.boolean_or("multiply_gate_scores", true),
-            "config.json (llama_moe): gate_use_softmax = false or multiply_gate_scores = false is not supported");
+            "config.json (llama_moe): calculator_type '" << cfg.string_or("calculator_type", "")
+                                                         << "' is not supported");
+  MOE_CHECK(
+      cfg.boolean_or("gate_use_softmax", true) && cfg.boolean_or("multiply_gate_scores", true),
+      "config.json (llama_moe): gate_use_softmax = false or multiply_gate_scores = false is not supported");
   MOE_CHECK(!residual || cfg.number_or("score_scale_factor_residual", 1.0) == 1.0,
             "config.json (llama_moe): score_scale_factor_residual other than 1 is not supported");
   auto sizes_of = [&](const char* key, int count) {
@@ -206,7 +215,8 @@ inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer)
     std::vector<Index> s;
     for (const auto& v : row) {
       MOE_CHECK(v.is_number_integer() && v.get<std::int64_t>() > 0,
-                "config.json (llama_moe): " << key << "[" << layer << "] holds a size that is not a positive integer");
+                "config.json (llama_moe): " << key << "[" << layer
+                                            << "] holds a size that is not a positive integer");
       s.push_back(v.get<Index>());
     }
     return s;
@@ -220,6 +230,7 @@ inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer)
   };
   const std::vector<Index> sizes = sizes_of("size_experts", n);
   std::vector<FfnWeights<float>> experts;
+  experts.reserve(static_cast<std::size_t>(n));
   for (int e = 0; e < n; ++e)
     experts.push_back(load_expert(names.expert("gate", e), names.expert("up", e), names.expert("down", e),
                                   sizes[static_cast<std::size_t>(e)]));
@@ -232,13 +243,15 @@ inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer)
     MOE_CHECK(net == "linear", "config.json (llama_moe): gate_network '" << net << "' is not mlp or linear");
     gate.weight = linear(names.gate("gate_network.weight"), d, n);
   }
-  if (ckpt.contains(names.gate("weight_noise.weight"))) gate.noise = linear(names.gate("weight_noise.weight"), d, n);
+  if (ckpt.contains(names.gate("weight_noise.weight")))
+    gate.noise = linear(names.gate("weight_noise.weight"), d, n);
   MoELayer<float> moe_layer(std::move(experts), std::move(gate),
                             presets::llama_moe_gate(k, cfg.number_or("score_scale_factor", 1.0)));
   if (residual) {
     const int r = cfg.integer("num_experts_residual");
     const std::vector<Index> rs = sizes_of("size_experts_residual", r);
     std::vector<FfnWeights<float>> shared;
+    shared.reserve(static_cast<std::size_t>(r));
     for (int e = 0; e < r; ++e)
       shared.push_back(load_expert(names.residual_expert("gate", e), names.residual_expert("up", e),
                                    names.residual_expert("down", e), rs[static_cast<std::size_t>(e)]));

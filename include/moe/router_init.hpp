@@ -23,11 +23,13 @@ namespace moe {
 /// expert j holds — the oracle a router for sliced experts should follow. h: T x d_h.
 template <class T>
 RowMatrix<double> expert_activation_mass(const ConstRowRef<T>& h, const ExpertPartition& partition) {
-  MOE_CHECK(h.cols() == partition.hidden_dim(), "expert_activation_mass: h has d_h=" << h.cols() << ", partition is over "
-                                                                                       << partition.hidden_dim());
+  MOE_CHECK(
+      h.cols() == partition.hidden_dim(),
+      "expert_activation_mass: h has d_h=" << h.cols() << ", partition is over " << partition.hidden_dim());
   RowMatrix<double> mass = RowMatrix<double>::Zero(h.rows(), partition.num_experts());
   for (int j = 0; j < partition.num_experts(); ++j)
-    for (const std::int32_t i : partition.expert(j)) mass.col(j) += h.col(i).template cast<double>().cwiseAbs();
+    for (const std::int32_t i : partition.expert(j))
+      mass.col(j) += h.col(i).template cast<double>().cwiseAbs();
   return mass;
 }
 
@@ -36,10 +38,11 @@ RowMatrix<double> expert_activation_mass(const ConstRowRef<T>& h, const ExpertPa
 /// here keeps; oracle: expert_activation_mass). 1 means the router always picks the experts that
 /// hold the most activation; a random router scores k/N on average.
 template <class A, class B>
-double oracle_top_k_recall(const Eigen::MatrixBase<A>& router_logits, const Eigen::MatrixBase<B>& mass, int k) {
+double oracle_top_k_recall(const Eigen::MatrixBase<A>& router_logits, const Eigen::MatrixBase<B>& mass,
+                           int k) {
   MOE_CHECK(router_logits.rows() == mass.rows() && router_logits.cols() == mass.cols(),
-            "oracle_top_k_recall: logits are " << router_logits.rows() << "x" << router_logits.cols() << ", mass is "
-                                               << mass.rows() << "x" << mass.cols());
+            "oracle_top_k_recall: logits are " << router_logits.rows() << "x" << router_logits.cols()
+                                               << ", mass is " << mass.rows() << "x" << mass.cols());
   const auto n = static_cast<int>(mass.cols());
   MOE_CHECK(k > 0 && k <= n, "oracle_top_k_recall: k=" << k << " must be in [1, N=" << n << "]");
   MOE_CHECK(mass.rows() > 0, "oracle_top_k_recall: no tokens");
@@ -83,9 +86,11 @@ inline RouterGate<float> random_router(Index model_dim, int num_experts, std::ui
 /// Centroid router (MoEfication): column j of the linear gate W_r (d x N) is the mean of expert
 /// j's L2-normalised W_up columns, so x·W_r scores how well x aligns with the expert's up rows.
 template <class T>
-ColMatrix<float> centroid_router(const Eigen::Ref<const ColMatrix<T>>& w_up, const ExpertPartition& partition) {
-  MOE_CHECK(w_up.cols() == partition.hidden_dim(), "centroid_router: W_up has d_h=" << w_up.cols() << ", partition is over "
-                                                                                      << partition.hidden_dim());
+ColMatrix<float> centroid_router(const Eigen::Ref<const ColMatrix<T>>& w_up,
+                                 const ExpertPartition& partition) {
+  MOE_CHECK(
+      w_up.cols() == partition.hidden_dim(),
+      "centroid_router: W_up has d_h=" << w_up.cols() << ", partition is over " << partition.hidden_dim());
   ColMatrix<double> w = ColMatrix<double>::Zero(w_up.rows(), partition.num_experts());
   for (int j = 0; j < partition.num_experts(); ++j) {
     for (const std::int32_t i : partition.expert(j)) {
