@@ -11,8 +11,8 @@ tool="$build/examples/moe_convert"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-echo "| N/k | method | router | FFN rel. error | oracle recall | error with oracle routing | scale (auto) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| N/k | method | router | FFN rel. error | oracle recall | error with oracle routing | scale (auto) | next-byte loss, bits/byte |"
+echo "|---|---|---|---|---|---|---|---|"
 for nk in "8 2" "16 4"; do
   set -- $nk
   for method in random clustering coactivation gradient sharing-inner sharing-inter; do
@@ -25,6 +25,7 @@ for nk in "8 2" "16 4"; do
       rm -rf "${out:?}/$method-$router-$1"
       awk -v nk="$1/$2" -v m="$method" -v r="$router" '
         /scale/ && /^moe_convert/ { split($0, a, "scale "); scale = a[2] }
+        /next-byte loss/ { for (i = 1; i <= NF; ++i) if ($i == "MoE") loss = $(i + 1); dense = $0 }
         /^  layer [0-9]+:/ {
           for (i = 1; i <= NF; ++i) {
             if ($i == "rel.err") e += $(i + 1)
@@ -33,7 +34,8 @@ for nk in "8 2" "16 4"; do
           }
           n++
         }
-        END { printf "| %s | %s | %s | %.3f | %.3f | %.3f | %s |\n", nk, m, r, e / n, c / n, o / n, scale }' "$out/log"
+        END { printf "| %s | %s | %s | %.3f | %.3f | %.3f | %s | %s |\n", nk, m, r, e / n, c / n, o / n, scale, loss }' "$out/log"
     done
   done
 done
+grep -o "dense [0-9.]* bits/byte" "$out/log" | sed 's/^/\nreference: /'

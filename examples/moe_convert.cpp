@@ -76,24 +76,46 @@ std::int64_t parse_int(const std::string& flag, const std::string& v) {
   return x;
 }
 
-/// Each layer's FFN inputs for the calibration tokens, from text or from a safetensors file.
-std::vector<RowMatrix<float>> calibration_inputs(const HfCheckpoint& ckpt, const LlamaConfig& cfg,
-                                                 const std::string& path, Index max_tokens) {
-  std::vector<RowMatrix<float>> per_layer(static_cast<std::size_t>(cfg.layers));
+/// Calibration tokens: each layer's FFN inputs, split into the rows that build the experts and
+/// router (the first fit_rows) and the rest that measure them; with text, the measuring rows are
+/// whole windows, kept for the next-byte loss.
+struct Calibration {
+  std::vector<RowMatrix<float>> x;  ///< per layer, T x d
+  Index fit_rows = 0;
+  std::vector<std::vector<std::int32_t>> eval_windows;  ///< text only
+  bool empty() const { return x.empty(); }
+  Index eval_rows() const { return x[0].rows() - fit_rows; }
+  RowMatrix<float> fit(int layer) const { return x[static_cast<std::size_t>(layer)].topRows(fit_rows); }
+  RowMatrix<float> eval(int layer) const {
+    return x[static_cast<std::size_t>(layer)].bottomRows(eval_rows());
+  }
+};
+
+/// From a safetensors file of layer{i}.mlp_in tensors (the last quarter of the rows measures), or
+/// from text run through the model (byte-level models; windows of 256 bytes, each from position 0
+/// as in training; the last quarter of the windows, at least one, measures).
+Calibration calibration_inputs(const HfCheckpoint& ckpt, const LlamaConfig& cfg, const std::string& path,
+                               Index max_tokens) {
+  Calibration c;
+  c.x.resize(static_cast<std::size_t>(cfg.layers));
   if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0) {
     const SafeTensorsFile f(path);
     for (int i = 0; i < cfg.layers; ++i) {
       const std::string name = "layer" + std::to_string(i) + ".mlp_in";
       MOE_CHECK(f.contains(name), "calibration file '" << path << "' has no tensor '" << name << "'");
       const TensorInfo& t = f.info(name);
-      MOE_CHECK(t.shape.size() == 2 && t.shape[1] == cfg.hidden,
-                "calibration tensor '" << name << "' must be [T, " << cfg.hidden << "]");
+      MOE_CHECK(t.shape.size() == 2 && t.shape[1] == cfg.hidden && t.shape[0] >= 8,
+                "calibration tensor '" << name << "' must be [T >= 8, " << cfg.hidden << "]");
+      MOE_CHECK(
+          i == 0 || t.shape[0] == c.x[0].rows() || std::min<Index>(t.shape[0], max_tokens) == c.x[0].rows(),
+          "calibration tensors must all have the same number of tokens");
       const std::vector<float> v = f.to_float(name);
       const Index rows = std::min<Index>(t.shape[0], max_tokens);
-      per_layer[static_cast<std::size_t>(i)] =
+      c.x[static_cast<std::size_t>(i)] =
           Eigen::Map<const RowMatrix<float>>(v.data(), t.shape[0], cfg.hidden).topRows(rows);
     }
-    return per_layer;
+    c.fit_rows = c.x[0].rows() - c.x[0].rows() / 4;
+    return c;
   }
   MOE_CHECK(cfg.vocab == 256,
             "text calibration needs a byte-level model (vocab_size 256, token = byte); this one has "
@@ -101,29 +123,32 @@ std::vector<RowMatrix<float>> calibration_inputs(const HfCheckpoint& ckpt, const
   std::ifstream in(path, std::ios::binary);
   MOE_CHECK(in, "cannot open calibration file '" << path << "'");
   std::vector<std::int32_t> bytes;
-  for (char c; static_cast<Index>(bytes.size()) < max_tokens && in.get(c);)
-    bytes.push_back(static_cast<std::int32_t>(static_cast<unsigned char>(c)));
-  MOE_CHECK(bytes.size() >= 8, "calibration file '" << path << "' has fewer than 8 bytes");
+  for (char ch; static_cast<Index>(bytes.size()) < max_tokens && in.get(ch);)
+    bytes.push_back(static_cast<std::int32_t>(static_cast<unsigned char>(ch)));
+  constexpr std::size_t kWindow = 256;
+  MOE_CHECK(bytes.size() >= 2 * kWindow, "text calibration needs at least 512 bytes (two windows of 256), '"
+                                             << path << "' gives " << bytes.size());
   const LlamaModel model(ckpt);
-  constexpr std::size_t kWindow = 256;  // each window starts at position 0, as in training
-  const int windows = static_cast<int>((bytes.size() + kWindow - 1) / kWindow);
+  const int windows = static_cast<int>(bytes.size() / kWindow);  // whole windows only
+  const int eval_windows = std::max(1, windows / 4);
   const Progress bar("calibration forward", windows);
   for (int w = 0; w < windows; ++w) {
-    const std::size_t begin = static_cast<std::size_t>(w) * kWindow,
-                      end = std::min(bytes.size(), begin + kWindow);
+    const auto begin = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(w) * kWindow);
+    const std::vector<std::int32_t> ids(bytes.begin() + begin,
+                                        bytes.begin() + begin + static_cast<std::ptrdiff_t>(kWindow));
     std::vector<RowMatrix<float>> mlp_in;
-    model.forward(std::vector<std::int32_t>(bytes.begin() + static_cast<std::ptrdiff_t>(begin),
-                                            bytes.begin() + static_cast<std::ptrdiff_t>(end)),
-                  &mlp_in);
+    model.forward(ids, &mlp_in);
     for (int i = 0; i < cfg.layers; ++i) {
-      auto& all = per_layer[static_cast<std::size_t>(i)];
+      auto& all = c.x[static_cast<std::size_t>(i)];
       const Index at = all.rows();
-      all.conservativeResize(at + mlp_in[static_cast<std::size_t>(i)].rows(), cfg.hidden);
-      all.bottomRows(mlp_in[static_cast<std::size_t>(i)].rows()) = mlp_in[static_cast<std::size_t>(i)];
+      all.conservativeResize(at + static_cast<Index>(kWindow), cfg.hidden);
+      all.bottomRows(static_cast<Index>(kWindow)) = mlp_in[static_cast<std::size_t>(i)];
     }
+    if (w >= windows - eval_windows) c.eval_windows.push_back(ids);
     bar.step(w + 1, "window " + std::to_string(w + 1));
   }
-  return per_layer;
+  c.fit_rows = static_cast<Index>(windows - eval_windows) * static_cast<Index>(kWindow);
+  return c;
 }
 
 /// Layer i's importance: [N, d_h] per cluster as given, or a [d_h] vector split over the
@@ -245,7 +270,7 @@ int main(int argc, char** argv) {
       for (const char* p : {"gate_proj", "up_proj", "down_proj"})
         (void)ckpt.info(detail::llama_mlp_name(i, p));
 
-    std::vector<RowMatrix<float>> calib;
+    Calibration calib;
     if (opt.count("--calib")) calib = calibration_inputs(ckpt, cfg, opt["--calib"], max_tokens);
     const bool have_calib = !calib.empty();
 
@@ -262,8 +287,7 @@ int main(int argc, char** argv) {
       const FfnWeights<float> dense = llama_ffn_weights(ckpt, i);
       RowMatrix<float> x_fit, h_fit;
       if (have_calib) {
-        const RowMatrix<float>& x = calib[static_cast<std::size_t>(i)];
-        x_fit = x.topRows(x.rows() - x.rows() / 4);
+        x_fit = calib.fit(i);
         h_fit = ffn_hidden(dense, x_fit);
       }
       std::vector<int> cluster;  // data clusters of the fit tokens (importance methods)
@@ -343,10 +367,7 @@ int main(int argc, char** argv) {
     }
     auto routed_and_dense = [&](int i, bool fit_part, RowMatrix<float>& routed_y, RowMatrix<float>& shared_y,
                                 RowMatrix<float>& dense_y, RoutingRecord<float>* rec) {
-      const RowMatrix<float>& x = calib[static_cast<std::size_t>(i)];
-      const Index fit_rows = x.rows() - x.rows() / 4;
-      const RowMatrix<float> xs =
-          fit_part ? RowMatrix<float>(x.topRows(fit_rows)) : RowMatrix<float>(x.bottomRows(x.rows() / 4));
+      const RowMatrix<float> xs = fit_part ? calib.fit(i) : calib.eval(i);
       const MoELayer<float>& l = layers[static_cast<std::size_t>(i)];
       MoEWorkspace<float> ws;
       RowMatrix<float> y(xs.rows(), d);
@@ -377,8 +398,7 @@ int main(int argc, char** argv) {
         routed_and_dense(i, false, r, sh, dn, &rec);
         LayerReport& rep = reports[static_cast<std::size_t>(i)];
         rep.rel_error = static_cast<double>((static_cast<float>(scale) * r + sh - dn).norm() / dn.norm());
-        const RowMatrix<float>& x = calib[static_cast<std::size_t>(i)];
-        const RowMatrix<float> xe = x.bottomRows(x.rows() / 4);
+        const RowMatrix<float> xe = calib.eval(i);
         RowMatrix<float> logits(xe.rows(), n);
         GateScratch<float> gs;
         gate_logits<float>(layers[static_cast<std::size_t>(i)].router(), RouterOptions{}, xe, logits, gs);
@@ -413,7 +433,7 @@ int main(int argc, char** argv) {
     if (!have_calib) std::printf("  (no --calib: FFN error, oracle recall and load not measured)\n");
     if (have_calib)
       std::printf("  measured on %lld held-out calibration tokens per layer\n",
-                  static_cast<long long>(calib[0].rows() / 4));
+                  static_cast<long long>(calib.eval_rows()));
     for (int i = 0; i < cfg.layers; ++i) {
       const LayerReport& rep = reports[static_cast<std::size_t>(i)];
       std::printf("  layer %d:", i);
@@ -454,6 +474,23 @@ int main(int argc, char** argv) {
       for (const char* extra : {"generation_config.json"})
         if (fs::exists(fs::path(opt["--model"]) / extra))
           fs::copy_file(fs::path(opt["--model"]) / extra, tmp / extra);
+      if (!calib.eval_windows.empty()) {
+        // The written checkpoint, read back, in the dense model's place: next-byte loss on the
+        // held-out windows, dense vs MoE (bits/byte = nats / ln 2).
+        const HfCheckpoint written(tmp.string());
+        std::vector<MoELayer<float>> moe_layers;
+        for (int i = 0; i < cfg.layers; ++i) moe_layers.push_back(load_llama_moe_layer(written, i));
+        const LlamaModel model(ckpt);
+        double dense_loss = 0, moe_loss = 0;
+        for (const auto& ids : calib.eval_windows) {
+          dense_loss += next_token_loss(model.forward(ids), ids);
+          moe_loss += next_token_loss(model.forward(ids, nullptr, &moe_layers), ids);
+        }
+        const double w = static_cast<double>(calib.eval_windows.size()) * std::log(2.0);
+        std::printf(
+            "  next-byte loss on %zu held-out windows of 256: dense %.4f bits/byte, MoE %.4f bits/byte\n",
+            calib.eval_windows.size(), dense_loss / w, moe_loss / w);
+      }
       fs::rename(tmp, out_dir);
     } catch (...) {
       fs::remove_all(tmp);

@@ -88,6 +88,7 @@ TEST_CASE("moe_convert writes a valid LLaMA-MoE checkpoint with every method", "
       INFO(printed);
       CHECK(printed.find("layer 3: ") != std::string::npos);
       CHECK(printed.find("oracle recall") != std::string::npos);
+      CHECK(printed.find("next-byte loss on 1 held-out windows of 256") != std::string::npos);
       CHECK_FALSE(fs::exists(out.string() + ".tmp." + std::to_string(::getpid())));
 
       const HfCheckpoint moe_ck(out.string());
@@ -155,6 +156,26 @@ TEST_CASE("moe_convert writes a valid LLaMA-MoE checkpoint with every method", "
   }
 }
 
+TEST_CASE("one expert holding every neuron, k = 1, scale 1 reproduces the dense model end to end", "[tool]") {
+  // The MoE decoder path (written checkpoint read back in the dense model's place) against the
+  // dense forward: the same FFN, so the printed errors are 0 and the losses agree.
+  TempDir tmp;
+  const std::string f = fixture_dir();
+  REQUIRE(run({"--model", f, "--output", (tmp.path / "one").string(), "--experts", "1", "--top-k", "1",
+               "--method", "random", "--scale", "1", "--calib", f + "/heldout.txt", "--calib-tokens", "512"},
+              tmp.path / "log") == 0);
+  const std::string printed = slurp(tmp.path / "log");
+  INFO(printed);
+  CHECK(printed.find("ffn rel.err 0.0000 (oracle routing 0.0000)  oracle recall 1.0000") !=
+        std::string::npos);
+  const auto dense_at = printed.find("dense "), moe_at = printed.find("MoE ");
+  REQUIRE(dense_at != std::string::npos);
+  REQUIRE(moe_at != std::string::npos);
+  const double dense = std::stod(printed.substr(dense_at + 6)), moe = std::stod(printed.substr(moe_at + 4));
+  CHECK(dense > 1.0);
+  CHECK(moe == Approx(dense).margin(1e-4));
+}
+
 TEST_CASE("moe_convert refuses bad arguments with a message and leaves no output", "[tool]") {
   TempDir tmp;
   const std::string f = fixture_dir();
@@ -184,8 +205,10 @@ TEST_CASE("moe_convert refuses bad arguments with a message and leaves no output
       {with({"--method", "sharing-inner", "--calib", f + "/heldout.txt"}), 1, "--importance is needed"},
       {with({"--method", "gradient", "--importance", f + "/golden_ffn.safetensors"}), 1, "--calib is needed"},
       {with({"--method", "gradient", "--importance", f + "/model.safetensors", "--calib", f + "/heldout.txt",
-             "--calib-tokens", "64"}),
+             "--calib-tokens", "512"}),
        1, "must hold exactly one tensor named layer0.importance*"},
+      {with({"--method", "coactivation", "--calib", f + "/heldout.txt", "--calib-tokens", "300"}), 1,
+       "text calibration needs at least 512 bytes"},
       {{"--model", (tmp.path / "missing").string(), "--output", out.string(), "--experts", "8", "--top-k",
         "2", "--method", "random"},
        1,

@@ -11,6 +11,7 @@
 #include "moe/hf_checkpoint.hpp"
 #include "moe/hf_moe_block.hpp"
 #include "moe/math.hpp"
+#include "moe/moe_layer.hpp"
 #include "moe/types.hpp"
 
 namespace moe {
@@ -54,6 +55,21 @@ struct LlamaConfig {
   }
 };
 
+/// Mean next-token cross-entropy (nats) of logits (T x vocab) against ids: the prediction at
+/// position t is scored on ids[t+1], T−1 predictions, in double.
+inline double next_token_loss(const RowMatrix<float>& logits, const std::vector<std::int32_t>& ids) {
+  MOE_CHECK(
+      logits.rows() == static_cast<Index>(ids.size()) && logits.rows() >= 2,
+      "next_token_loss: " << logits.rows() << " rows of logits for " << ids.size() << " ids (need >= 2)");
+  double sum = 0;
+  for (Index t = 0; t + 1 < logits.rows(); ++t) {
+    const Eigen::RowVectorXd z = logits.row(t).cast<double>();
+    const double m = z.maxCoeff();
+    sum += m + std::log((z.array() - m).exp().sum()) - z(ids[static_cast<std::size_t>(t) + 1]);
+  }
+  return sum / static_cast<double>(logits.rows() - 1);
+}
+
 /// A dense LLaMA held as float weights (F32, F16 or BF16 checkpoints are converted on load), in
 /// the math orientation (each an HF [out, in] tensor as the in x out column-major matrix).
 /// forward() follows LlamaForCausalLM: embedding, per layer x += attn(rmsnorm(x)) with rotary
@@ -91,9 +107,15 @@ class LlamaModel {
   const LlamaConfig& config() const { return config_; }
 
   /// Logits (T x vocab) for one sequence of token ids starting at position 0. mlp_inputs: if not
-  /// null, receives each layer's MLP input (the post-attention RMSNorm output, T x d).
+  /// null, receives each layer's MLP input (the post-attention RMSNorm output, T x d). moe: if not
+  /// null, one MoELayer per decoder layer replacing its dense FFN (a LLaMA-MoE model: same
+  /// attention, norms and embeddings, FFNs split into experts).
   RowMatrix<float> forward(const std::vector<std::int32_t>& ids,
-                           std::vector<RowMatrix<float>>* mlp_inputs = nullptr) const {
+                           std::vector<RowMatrix<float>>* mlp_inputs = nullptr,
+                           const std::vector<MoELayer<float>>* moe = nullptr) const {
+    MOE_CHECK(
+        !moe || moe->size() == layers_.size(),
+        "LlamaModel::forward: " << moe->size() << " MoE layers for " << layers_.size() << " decoder layers");
     const auto t_len = static_cast<Index>(ids.size());
     MOE_CHECK(t_len > 0, "LlamaModel::forward: no tokens");
     RowMatrix<float> x(t_len, config_.hidden);
@@ -106,13 +128,21 @@ class LlamaModel {
     }
     if (mlp_inputs) mlp_inputs->clear();
     const auto [cos, sin] = rope_tables(t_len);
-    for (const Layer& l : layers_) {
+    MoEWorkspace<float> ws;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      const Layer& l = layers_[i];
       const RowMatrix<float> xn = rms_norm(x, l.input_norm);
       x += attention(l, xn, cos, sin);
       const RowMatrix<float> xm = rms_norm(x, l.post_norm);
-      const RowMatrix<float> g = xm * l.gate;
-      const RowMatrix<float> h = g.unaryExpr([](float z) { return silu(z); }).cwiseProduct(xm * l.up);
-      x += h * l.down;
+      if (moe) {
+        RowMatrix<float> y(t_len, config_.hidden);
+        (*moe)[i].forward(xm, y, ws);
+        x += y;
+      } else {
+        const RowMatrix<float> g = xm * l.gate;
+        const RowMatrix<float> h = g.unaryExpr([](float z) { return silu(z); }).cwiseProduct(xm * l.up);
+        x += h * l.down;
+      }
       if (mlp_inputs) mlp_inputs->push_back(xm);
     }
     return rms_norm(x, norm_) * lm_head_;
