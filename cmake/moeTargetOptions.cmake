@@ -15,7 +15,7 @@ function(moe_target_options target)
   target_link_libraries(${target} PRIVATE moe::moe)
 endfunction()
 
-# Benchmarks measure this machine: compile them for its CPU. GCC 12's AVX-512 intrinsic headers
+# Benchmarks measure this machine and the model tools run real models on it: compile them for its CPU. GCC 12's AVX-512 intrinsic headers
 # raise a false -Wmaybe-uninitialized inside avx512fintrin.h (GCC bug 105593), not in our code.
 function(moe_native_options target)
   if(MOE_NATIVE)

@@ -23,7 +23,11 @@
 #include <string>
 #include <vector>
 
+#include "tool_util.hpp"
+
 using namespace moe;
+using moe::tool::parse_int;
+using moe::tool::Progress;
 namespace fs = std::filesystem;
 
 namespace {
@@ -46,34 +50,6 @@ constexpr const char* kUsage =
 int usage(const std::string& why) {
   std::fprintf(stderr, "moe_convert: %s\n%s", why.c_str(), kUsage);
   return 2;
-}
-
-/// A one-line progress bar on stderr when it is a terminal; silent otherwise (logs stay clean).
-class Progress {
- public:
-  Progress(std::string what, int total) : what_(std::move(what)), total_(total), tty_(::isatty(2) != 0) {}
-  void step(int done, const std::string& note) const {
-    if (!tty_) return;
-    const int width = 30, filled = total_ > 0 ? width * done / total_ : width;
-    std::fprintf(stderr, "\r%s [%s%s] %d/%d %-28s", what_.c_str(),
-                 std::string(static_cast<std::size_t>(filled), '#').c_str(),
-                 std::string(static_cast<std::size_t>(width - filled), '.').c_str(), done, total_,
-                 note.c_str());
-    if (done == total_) std::fputc('\n', stderr);
-    std::fflush(stderr);
-  }
-
- private:
-  std::string what_;
-  int total_;
-  bool tty_;
-};
-
-std::int64_t parse_int(const std::string& flag, const std::string& v) {
-  char* end = nullptr;
-  const long long x = std::strtoll(v.c_str(), &end, 10);
-  MOE_CHECK(!v.empty() && *end == '\0', flag << " expects an integer, got '" << v << "'");
-  return x;
 }
 
 /// Calibration tokens: each layer's FFN inputs, split into the rows that build the experts and
@@ -475,16 +451,13 @@ int main(int argc, char** argv) {
         if (fs::exists(fs::path(opt["--model"]) / extra))
           fs::copy_file(fs::path(opt["--model"]) / extra, tmp / extra);
       if (!calib.eval_windows.empty()) {
-        // The written checkpoint, read back, in the dense model's place: next-byte loss on the
-        // held-out windows, dense vs MoE (bits/byte = nats / ln 2).
-        const HfCheckpoint written(tmp.string());
-        std::vector<MoELayer<float>> moe_layers;
-        for (int i = 0; i < cfg.layers; ++i) moe_layers.push_back(load_llama_moe_layer(written, i));
-        const LlamaModel model(ckpt);
+        // The written checkpoint, read back as a whole model: next-byte loss on the held-out
+        // windows, dense vs MoE (bits/byte = nats / ln 2).
+        const LlamaModel dense_model(ckpt), moe_model{HfCheckpoint(tmp.string())};
         double dense_loss = 0, moe_loss = 0;
         for (const auto& ids : calib.eval_windows) {
-          dense_loss += next_token_loss(model.forward(ids), ids);
-          moe_loss += next_token_loss(model.forward(ids, nullptr, &moe_layers), ids);
+          dense_loss += next_token_loss(dense_model.forward(ids), ids);
+          moe_loss += next_token_loss(moe_model.forward(ids), ids);
         }
         const double w = static_cast<double>(calib.eval_windows.size()) * std::log(2.0);
         std::printf(

@@ -1,7 +1,8 @@
-// The moe_convert executable on the real tiny-llama checkpoint: every method writes a LLaMA-MoE
-// checkpoint whose experts are the dense neurons of partition.json and whose layers reload; bad
-// arguments are refused with a message and leave no output. Exits 77 (skipped) without the
-// fixtures; registered by examples/CMakeLists.txt with MOE_CONVERT_TOOL set.
+// The moe_convert and moe_eval executables on the real tiny-llama checkpoint: every method writes a
+// LLaMA-MoE checkpoint whose experts are the dense neurons of partition.json and whose layers
+// reload; moe_eval reproduces Hugging Face's loss and evaluates converted checkpoints; bad
+// arguments and bad checkpoints are refused with a message. Exits 77 (skipped) without the
+// fixtures; registered by examples/CMakeLists.txt with MOE_CONVERT_TOOL and MOE_EVAL_TOOL set.
 #define CATCH_CONFIG_RUNNER
 #include <sys/wait.h>
 
@@ -32,12 +33,25 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
-int run(const std::vector<std::string>& args, const fs::path& log) {
-  std::string cmd = std::string("'") + std::getenv("MOE_CONVERT_TOOL") + "'";
+int run_tool(const char* env, const std::vector<std::string>& args, const fs::path& log) {
+  const char* tool = std::getenv(env);
+  REQUIRE(tool != nullptr);
+  std::string cmd = std::string("'") + tool + "'";
   for (const auto& a : args) cmd += " '" + a + "'";
   cmd += " > '" + log.string() + "' 2>&1";
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+int run(const std::vector<std::string>& args, const fs::path& log) {
+  return run_tool("MOE_CONVERT_TOOL", args, log);
+}
+
+/// moe_eval's nats_per_byte from its log (REQUIREs the line).
+double nats_per_byte(const std::string& printed) {
+  const auto at = printed.find("nats_per_byte=");
+  REQUIRE(at != std::string::npos);
+  return std::stod(printed.substr(at + 14));
 }
 
 std::string slurp(const fs::path& p) {
@@ -227,4 +241,94 @@ TEST_CASE("moe_convert refuses bad arguments with a message and leaves no output
   CHECK(run(with({"--method", "random"}), log) == 1);
   CHECK(slurp(log).find("already exists") != std::string::npos);
   CHECK(slurp(out / "keep") == "mine");
+}
+
+TEST_CASE("moe_eval reproduces Hugging Face's loss and scores converted checkpoints", "[tool]") {
+  TempDir tmp;
+  const std::string f = fixture_dir(), text = f + "/heldout.txt";
+  const SafeTensorsFile golden(f + "/golden_ffn.safetensors");
+  // The golden loss is HF's mean over the 255 predictions of the first 256 held-out bytes.
+  REQUIRE(run_tool("MOE_EVAL_TOOL", {"--model", f, "--text", text, "--max-bytes", "256"},
+                   tmp.path / "dense") == 0);
+  const std::string dense_log = slurp(tmp.path / "dense");
+  INFO(dense_log);
+  CHECK(dense_log.find("1 windows of 256 bytes, 255 predictions") != std::string::npos);
+  CHECK(nats_per_byte(dense_log) == Approx(golden.vector<float>("loss")[0]).margin(1e-4));
+  CHECK(dense_log.find("load:") == std::string::npos);
+
+  // One expert of every neuron, k = 1, scale 1: the MoE checkpoint scores what the dense model does.
+  REQUIRE(run({"--model", f, "--output", (tmp.path / "one").string(), "--experts", "1", "--top-k", "1",
+               "--method", "random", "--scale", "1"},
+              tmp.path / "log") == 0);
+  REQUIRE(run_tool("MOE_EVAL_TOOL",
+                   {"--model", (tmp.path / "one").string(), "--text", text, "--max-bytes", "1024"},
+                   tmp.path / "one.log") == 0);
+  REQUIRE(run_tool("MOE_EVAL_TOOL", {"--model", f, "--text", text, "--max-bytes", "1024"},
+                   tmp.path / "d.log") == 0);
+  CHECK(nats_per_byte(slurp(tmp.path / "one.log")) ==
+        Approx(nats_per_byte(slurp(tmp.path / "d.log"))).margin(1e-5));
+  CHECK(slurp(tmp.path / "one.log").find("layer 3 load: 1.000") != std::string::npos);
+
+  // A real conversion evaluates, with the load of its 8 experts per layer.
+  REQUIRE(run({"--model", f, "--output", (tmp.path / "eight").string(), "--experts", "8", "--top-k", "2",
+               "--method", "clustering"},
+              tmp.path / "log") == 0);
+  REQUIRE(run_tool("MOE_EVAL_TOOL",
+                   {"--model", (tmp.path / "eight").string(), "--text", text, "--max-bytes", "600",
+                    "--context", "200"},
+                   tmp.path / "eight.log") == 0);
+  const std::string eight = slurp(tmp.path / "eight.log");
+  INFO(eight);
+  CHECK(eight.find("(llama_moe): 3 windows of 200 bytes, 597 predictions") != std::string::npos);
+  CHECK(eight.find("layer 3 load:") != std::string::npos);
+  CHECK(std::isfinite(nats_per_byte(eight)));
+}
+
+TEST_CASE("moe_eval refuses bad checkpoints and arguments, naming the problem", "[tool]") {
+  TempDir tmp;
+  const std::string f = fixture_dir(), text = f + "/heldout.txt";
+  REQUIRE(run({"--model", f, "--output", (tmp.path / "m").string(), "--experts", "4", "--top-k", "2",
+               "--method", "random"},
+              tmp.path / "log") == 0);
+  const fs::path m = tmp.path / "m";
+  auto eval = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"--model", m.string(), "--text", text, "--max-bytes", "256"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const int rc = run_tool("MOE_EVAL_TOOL", a, tmp.path / "eval.log");
+    return std::make_pair(rc, slurp(tmp.path / "eval.log"));
+  };
+  nlohmann::json cfg = nlohmann::json::parse(slurp(m / "config.json"));
+  auto write_config = [&](const nlohmann::json& c) { std::ofstream(m / "config.json") << c.dump(); };
+
+  auto [rc, msg] = eval({"--context", "1"});
+  CHECK(rc == 1);
+  CHECK(msg.find("--context must be at least 2") != std::string::npos);
+  std::tie(rc, msg) = eval({"--bogus", "1"});
+  CHECK(rc == 2);
+  CHECK(msg.find("unknown option '--bogus'") != std::string::npos);
+
+  nlohmann::json c = cfg;
+  c["model_type"] = "mixtral";
+  write_config(c);
+  std::tie(rc, msg) = eval({});
+  CHECK(rc == 1);
+  CHECK(msg.find("model_type 'mixtral' is not llama, llama_moe or llama_moe_residual") != std::string::npos);
+
+  c = cfg;
+  c["size_experts"][2][1] = 100;  // shape mismatch with the stored expert
+  write_config(c);
+  std::tie(rc, msg) = eval({});
+  CHECK(rc == 1);
+  CHECK(
+      msg.find(
+          "model.layers.2.mlp.calculator.experts.weight_gate.1' has shape [172, 256], expected [100, 256]") !=
+      std::string::npos);
+
+  c = cfg;
+  c["num_experts"] = 5;  // a missing tensor
+  c["size_experts"] = std::vector<std::vector<int>>(4, std::vector<int>(5, 172));
+  write_config(c);
+  std::tie(rc, msg) = eval({});
+  CHECK(rc == 1);
+  CHECK(msg.find("has no tensor 'model.layers.0.mlp.calculator.experts.weight_gate.4'") != std::string::npos);
 }
