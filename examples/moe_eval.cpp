@@ -47,14 +47,22 @@ int usage(const std::string& why) {
 /// A byte as SVG text: printable ASCII escaped for XML, a few controls by symbol, others as hex.
 std::string svg_char(int c) {
   switch (c) {
-    case '<': return "&lt;";
-    case '>': return "&gt;";
-    case '&': return "&amp;";
-    case '\'': return "&apos;";
-    case '"': return "&quot;";
-    case ' ': return "\u2423";   // open box
-    case '\n': return "\u21b5";  // return arrow
-    default: break;
+    case '<':
+      return "&lt;";
+    case '>':
+      return "&gt;";
+    case '&':
+      return "&amp;";
+    case '\'':
+      return "&apos;";
+    case '"':
+      return "&quot;";
+    case ' ':
+      return "\u2423";  // open box
+    case '\n':
+      return "\u21b5";  // return arrow
+    default:
+      break;
   }
   if (c >= 33 && c < 127) return std::string(1, static_cast<char>(c));
   char hex[8];
@@ -64,17 +72,22 @@ std::string svg_char(int c) {
 
 /// The routing trace: rows = the passage's bytes (index and character), columns = layers x
 /// experts; a chosen expert's cell is shaded by its routing weight (darker = larger), unchosen
-/// cells stay white.
+/// cells stay white. `title`: lines of XML-escaped text above the grid.
 void write_trace(const std::string& path, const std::vector<std::int32_t>& bytes,
-                 const std::vector<RoutingRecord<float>>& routing, Index rows, const std::string& title) {
-  const int cw = 14, ch = 14, left = 64, top = 48, gap = 10;
+                 const std::vector<RoutingRecord<float>>& routing, Index rows,
+                 const std::vector<std::string>& title) {
+  const int cw = 14, ch = 14, left = 64, gap = 10, line = 15;
+  const Index top = 36 + line * static_cast<Index>(title.size());
   const Index n = static_cast<Index>(routing.front().tokens_per_expert.size());
   const auto layers = static_cast<Index>(routing.size());
-  const Index width = left + layers * (n * cw + gap) + 10, height = top + rows * ch + 20;
+  Index width = left + layers * (n * cw + gap) + 10;
+  for (const std::string& t : title) width = std::max<Index>(width, 8 + 7 * static_cast<Index>(t.size()));
+  const Index height = top + rows * ch + 20;
   std::ostringstream svg;
   svg << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height
-      << "' font-family='monospace' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n"
-      << "<text x='4' y='14'>" << title << "</text>\n";
+      << "' font-family='monospace' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  for (std::size_t i = 0; i < title.size(); ++i)
+    svg << "<text x='4' y='" << 14 + line * static_cast<Index>(i) << "'>" << title[i] << "</text>\n";
   for (Index l = 0; l < layers; ++l) {
     const Index x0 = left + l * (n * cw + gap);
     svg << "<text x='" << x0 << "' y='" << top - 20 << "'>layer " << l << "</text>\n";
@@ -135,7 +148,8 @@ int main(int argc, char** argv) {
     MOE_CHECK(context >= 2, "--context must be at least 2, got " << context);
     MOE_CHECK(!opt.count("--max-bytes") || max_bytes >= context,
               "--max-bytes must be at least --context (" << context << "), got " << max_bytes);
-    MOE_CHECK(threads >= 0 && threads <= 1024, "--threads must be in [0, 1024] (0: every core), got " << threads);
+    MOE_CHECK(threads >= 0 && threads <= 1024,
+              "--threads must be in [0, 1024] (0: every core), got " << threads);
     MOE_CHECK(trace_bytes >= 1 && trace_bytes <= context,
               "--trace-bytes must be in [1, --context = " << context << "], got " << trace_bytes);
     const HfCheckpoint ckpt(opt["--model"]);
@@ -206,15 +220,18 @@ int main(int argc, char** argv) {
       std::printf("\n");
     }
     if (opt.count("--trace")) {
-      std::ostringstream title;
-      title << "routing of the first " << trace_bytes << " bytes of '" << opt["--text"] << "' by '"
-            << opt["--model"] << "' (darker = larger weight"
-            << (type == "llama_moe_residual" ? "; residual experts see every byte" : "") << ")";
-      std::string escaped;
-      for (const char c : title.str()) escaped += (c == '<' || c == '>' || c == '&' || c == '\'')
-                                                      ? svg_char(static_cast<unsigned char>(c))
-                                                      : std::string(1, c);
-      write_trace(opt["--trace"], bytes, trace, trace_bytes, escaped);
+      auto escape = [](const std::string& text) {
+        std::string out;
+        for (const char c : text)
+          out += std::string("<>&'\"").find(c) != std::string::npos ? svg_char(c) : std::string(1, c);
+        return out;
+      };
+      const std::vector<std::string> title = {
+          escape("model: " + opt["--model"] + " (" + type + ")"),
+          escape("text: first " + std::to_string(trace_bytes) + " bytes of " + opt["--text"]),
+          escape(std::string("cell: the byte chose this expert; darker = larger routing weight") +
+                 (type == "llama_moe_residual" ? " (residual experts see every byte)" : ""))};
+      write_trace(opt["--trace"], bytes, trace, trace_bytes, title);
       std::printf("wrote routing trace %s (%lld bytes x %zu layers x %zu experts)\n", opt["--trace"].c_str(),
                   static_cast<long long>(trace_bytes), trace.size(), trace.front().tokens_per_expert.size());
     }

@@ -1,8 +1,9 @@
-// Small helpers shared by the command-line tools in examples/ (moe_convert, moe_eval).
+// Small helpers shared by the command-line tools in examples/ (moe_convert, moe_eval, moe_generate).
 #pragma once
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +38,15 @@ inline std::int64_t parse_int(const std::string& flag, const std::string& v) {
   char* end = nullptr;
   const long long x = std::strtoll(v.c_str(), &end, 10);
   MOE_CHECK(!v.empty() && *end == '\0', flag << " expects an integer, got '" << v << "'");
+  return x;
+}
+
+/// A real option's value (finite); throws moe::Error naming the flag otherwise.
+inline double parse_double(const std::string& flag, const std::string& v) {
+  char* end = nullptr;
+  const double x = std::strtod(v.c_str(), &end);
+  MOE_CHECK(!v.empty() && *end == '\0' && std::isfinite(x),
+            flag << " expects a finite number, got '" << v << "'");
   return x;
 }
 

@@ -1,8 +1,10 @@
-// The moe_convert and moe_eval executables on the real tiny-llama checkpoint: every method writes a
-// LLaMA-MoE checkpoint whose experts are the dense neurons of partition.json and whose layers
-// reload; moe_eval reproduces Hugging Face's loss and evaluates converted checkpoints; bad
-// arguments and bad checkpoints are refused with a message. Exits 77 (skipped) without the
-// fixtures; registered by examples/CMakeLists.txt with MOE_CONVERT_TOOL and MOE_EVAL_TOOL set.
+// The moe_convert, moe_eval and moe_generate executables on the real tiny-llama checkpoint: every
+// method writes a LLaMA-MoE checkpoint whose experts are the dense neurons of partition.json and
+// whose layers reload; moe_eval reproduces Hugging Face's loss, evaluates converted checkpoints and
+// draws routing traces; moe_generate decodes greedily what the full forward predicts and samples
+// reproducibly; bad arguments and bad checkpoints are refused with a message. Exits 77 (skipped)
+// without the fixtures; registered by examples/CMakeLists.txt with MOE_CONVERT_TOOL, MOE_EVAL_TOOL
+// and MOE_GENERATE_TOOL set.
 #define CATCH_CONFIG_RUNNER
 #include <sys/wait.h>
 
@@ -33,12 +35,15 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
-int run_tool(const char* env, const std::vector<std::string>& args, const fs::path& log) {
+/// Runs the tool named by environment variable `env`; stdout and stderr go to `log`, or stderr to
+/// `err` when given.
+int run_tool(const char* env, const std::vector<std::string>& args, const fs::path& log,
+             const fs::path& err = {}) {
   const char* tool = std::getenv(env);
   REQUIRE(tool != nullptr);
   std::string cmd = std::string("'") + tool + "'";
   for (const auto& a : args) cmd += " '" + a + "'";
-  cmd += " > '" + log.string() + "' 2>&1";
+  cmd += " > '" + log.string() + "' " + (err.empty() ? std::string("2>&1") : "2> '" + err.string() + "'");
   const int rc = std::system(cmd.c_str());
   return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
@@ -282,6 +287,30 @@ TEST_CASE("moe_eval reproduces Hugging Face's loss and scores converted checkpoi
   CHECK(eight.find("(llama_moe): 3 windows of 200 bytes, 597 predictions") != std::string::npos);
   CHECK(eight.find("layer 3 load:") != std::string::npos);
   CHECK(std::isfinite(nats_per_byte(eight)));
+
+  // The routing trace: one shaded cell per (byte, layer, slot), titled with the byte it routed,
+  // and the loss as without it; any thread count gives the same bits.
+  const fs::path svg = tmp.path / "trace.svg";
+  REQUIRE(run_tool("MOE_EVAL_TOOL",
+                   {"--model", (tmp.path / "eight").string(), "--text", text, "--max-bytes", "600",
+                    "--context", "200", "--trace", svg.string(), "--trace-bytes", "30", "--threads", "1"},
+                   tmp.path / "trace.log") == 0);
+  const std::string traced = slurp(tmp.path / "trace.log"), picture = slurp(svg);
+  CHECK(traced.find("wrote routing trace " + svg.string() + " (30 bytes x 4 layers x 8 experts)") !=
+        std::string::npos);
+  CHECK(nats_per_byte(traced) == nats_per_byte(eight));
+  CHECK(traced.substr(traced.find("nats_per_byte")) == eight.substr(eight.find("nats_per_byte")));
+  std::size_t cells = 0;
+  for (auto at = picture.find("<title>byte "); at != std::string::npos;
+       at = picture.find("<title>byte ", at + 1))
+    ++cells;
+  CHECK(cells == 30 * 4 * 2);
+  CHECK(picture.find("<title>byte 29 layer 3 expert ") != std::string::npos);
+  CHECK(picture.find("<title>byte 30 ") == std::string::npos);
+  CHECK(picture.rfind("</svg>") != std::string::npos);
+  // The first held-out bytes are labelled (spaces as an open box).
+  const std::string first = slurp(text).substr(0, 2);
+  CHECK(picture.find(">" + first.substr(0, 1) + "</text>") != std::string::npos);
 }
 
 TEST_CASE("moe_eval refuses bad checkpoints and arguments, naming the problem", "[tool]") {
@@ -306,6 +335,26 @@ TEST_CASE("moe_eval refuses bad checkpoints and arguments, naming the problem", 
   std::tie(rc, msg) = eval({"--bogus", "1"});
   CHECK(rc == 2);
   CHECK(msg.find("unknown option '--bogus'") != std::string::npos);
+  std::tie(rc, msg) = eval({"--trace-bytes", "5"});
+  CHECK(rc == 2);
+  CHECK(msg.find("--trace-bytes needs --trace") != std::string::npos);
+  std::tie(rc, msg) = eval({"--trace", (tmp.path / "t.svg").string(), "--trace-bytes", "300"});
+  CHECK(rc == 1);
+  CHECK(msg.find("--trace-bytes must be in [1, --context = 256], got 300") != std::string::npos);
+  std::tie(rc, msg) = eval({"--threads", "-2"});
+  CHECK(rc == 1);
+  CHECK(msg.find("--threads must be in [0, 1024]") != std::string::npos);
+  std::tie(rc, msg) = eval({"--trace", (tmp.path / "no" / "such" / "dir.svg").string()});
+  CHECK(rc == 1);
+  CHECK(msg.find("cannot write trace") != std::string::npos);
+  {
+    const int dense_rc = run_tool(
+        "MOE_EVAL_TOOL",
+        {"--model", f, "--text", text, "--max-bytes", "256", "--trace", (tmp.path / "t.svg").string()},
+        tmp.path / "dense.log");
+    CHECK(dense_rc == 1);
+    CHECK(slurp(tmp.path / "dense.log").find("is a dense model") != std::string::npos);
+  }
 
   nlohmann::json c = cfg;
   c["model_type"] = "mixtral";
@@ -331,4 +380,91 @@ TEST_CASE("moe_eval refuses bad checkpoints and arguments, naming the problem", 
   std::tie(rc, msg) = eval({});
   CHECK(rc == 1);
   CHECK(msg.find("has no tensor 'model.layers.0.mlp.calculator.experts.weight_gate.4'") != std::string::npos);
+}
+
+TEST_CASE("moe_generate: greedy decoding over the KV cache is the full forward's argmax; sampling is seeded",
+          "[tool]") {
+  TempDir tmp;
+  const std::string f = fixture_dir(), prompt = "In the beginning";
+  auto generate = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"--model", f, "--prompt", prompt};
+    a.insert(a.end(), extra.begin(), extra.end());
+    const int rc = run_tool("MOE_GENERATE_TOOL", a, tmp.path / "out", tmp.path / "err");
+    INFO(slurp(tmp.path / "err"));
+    CHECK(rc == 0);
+    return slurp(tmp.path / "out");
+  };
+  const std::string greedy = generate({"--tokens", "60"});
+  REQUIRE(greedy.size() == prompt.size() + 60);
+  CHECK(greedy.compare(0, prompt.size(), prompt) == 0);
+  CHECK(slurp(tmp.path / "err").find("generation 59 tokens in") != std::string::npos);
+  CHECK(slurp(tmp.path / "err").find("tokens/s") != std::string::npos);
+
+  // Every generated byte is the argmax of the full (uncached) forward's logits at the position
+  // before it. Near-ties (top two within 1e-3, where cache and full forward may round apart) are
+  // not judged; the assertion counts how many positions were.
+  const LlamaModel model{HfCheckpoint(f)};
+  std::vector<std::int32_t> ids;
+  for (const char c : greedy) ids.push_back(static_cast<unsigned char>(c));
+  const RowMatrix<float> logits = model.forward(ids);
+  int judged = 0;
+  for (std::size_t t = prompt.size(); t < ids.size(); ++t) {
+    Eigen::RowVectorXf z = logits.row(static_cast<Index>(t) - 1);
+    Index best = 0;
+    const float top = z.maxCoeff(&best);
+    z(best) = -INFINITY;
+    if (top - z.maxCoeff() < 1e-3f) continue;
+    ++judged;
+    CHECK(ids[t] == best);
+  }
+  CHECK(judged >= 55);
+
+  // Temperature 0 ignores the seed; a top-p nucleus too small for a second byte is greedy too.
+  CHECK(generate({"--tokens", "60", "--seed", "9"}) == greedy);
+  CHECK(generate({"--tokens", "60", "--temperature", "1", "--top-p", "1e-9", "--seed", "4"}) == greedy);
+  // Sampling: the same seed repeats itself, another seed differs.
+  const std::string a = generate({"--tokens", "80", "--temperature", "1", "--seed", "1"});
+  CHECK(a.size() == prompt.size() + 80);
+  CHECK(generate({"--tokens", "80", "--temperature", "1", "--seed", "1"}) == a);
+  CHECK(generate({"--tokens", "80", "--temperature", "1", "--seed", "2"}) != a);
+  CHECK(a != greedy.substr(0, a.size()));
+
+  // Past max_position_embeddings (512) the context slides and generation goes on.
+  const std::string longer = generate({"--tokens", "700", "--temperature", "0.7", "--seed", "3"});
+  CHECK(longer.size() == prompt.size() + 700);
+  CHECK(slurp(tmp.path / "err").find("context slid 1 times") != std::string::npos);
+}
+
+TEST_CASE("moe_generate refuses bad arguments, naming the problem", "[tool]") {
+  TempDir tmp;
+  const std::string f = fixture_dir();
+  auto generate = [&](std::vector<std::string> a) {
+    const int rc = run_tool("MOE_GENERATE_TOOL", a, tmp.path / "log");
+    return std::make_pair(rc, slurp(tmp.path / "log"));
+  };
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--model", f, "--prompt", "x", "--tokens", "0"}, "--tokens must be in [1, 1000000], got 0"},
+      {{"--model", f, "--prompt", "x", "--tokens", "ten"}, "--tokens expects an integer, got 'ten'"},
+      {{"--model", f, "--prompt", "x", "--tokens", "5", "--temperature", "-1"}, "--temperature must be >= 0"},
+      {{"--model", f, "--prompt", "x", "--tokens", "5", "--temperature", "nan"},
+       "--temperature expects a finite number"},
+      {{"--model", f, "--prompt", "x", "--tokens", "5", "--top-p", "0"}, "--top-p must be in (0, 1], got 0"},
+      {{"--model", f, "--prompt", "x", "--tokens", "5", "--top-p", "1.5"},
+       "--top-p must be in (0, 1], got 1.5"},
+      {{"--model", f, "--prompt", "x", "--tokens", "5", "--seed", "-3"}, "--seed must be >= 0"},
+      {{"--model", f, "--prompt", "", "--tokens", "5"}, "--prompt must not be empty"},
+      {{"--model", (tmp.path / "nowhere").string(), "--prompt", "x", "--tokens", "5"}, "nowhere"},
+  };
+  for (const auto& [args, want] : cases) {
+    const auto [rc, msg] = generate(args);
+    INFO(msg);
+    CHECK(rc == 1);
+    CHECK(msg.find(want) != std::string::npos);
+  }
+  auto [rc, msg] = generate({"--model", f, "--prompt", "x"});
+  CHECK(rc == 2);
+  CHECK(msg.find("missing --tokens") != std::string::npos);
+  std::tie(rc, msg) = generate({"--model", f, "--prompt", "x", "--tokens", "3", "--top-k", "3"});
+  CHECK(rc == 2);
+  CHECK(msg.find("unknown option '--top-k'") != std::string::npos);
 }

@@ -55,16 +55,11 @@ Tensors random_llama(std::uint64_t seed) {
 
 void write_llama(const fs::path& dir, const Tensors& w, Index kv_heads) {
   fs::create_directories(dir);
-  const nlohmann::json config = {{"model_type", "llama"},
-                                 {"hidden_size", kD},
-                                 {"intermediate_size", kDh},
-                                 {"num_hidden_layers", kLayers},
-                                 {"num_attention_heads", kHeads},
-                                 {"num_key_value_heads", kv_heads},
-                                 {"head_dim", kHeadDim},
-                                 {"vocab_size", kVocab},
-                                 {"rms_norm_eps", 1e-5},
-                                 {"rope_theta", kTheta}};
+  const nlohmann::json config = {{"model_type", "llama"},         {"hidden_size", kD},
+                                 {"intermediate_size", kDh},      {"num_hidden_layers", kLayers},
+                                 {"num_attention_heads", kHeads}, {"num_key_value_heads", kv_heads},
+                                 {"head_dim", kHeadDim},          {"vocab_size", kVocab},
+                                 {"rms_norm_eps", 1e-5},          {"rope_theta", kTheta}};
   std::ofstream(dir / "config.json") << config.dump();
   SafeTensorsWriter out;
   for (const auto& [name, t] : w) {

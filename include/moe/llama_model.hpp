@@ -79,7 +79,7 @@ inline double next_token_loss(const RowMatrix<float>& logits, const std::vector<
 /// LlamaModel::make_cache; clear() starts a new sequence at position 0.
 struct LlamaCache {
   std::vector<RowMatrix<float>> keys, values;  ///< per layer: capacity x kv_heads·head_dim
-  Index length = 0;                              ///< positions filled
+  Index length = 0;                            ///< positions filled
 
   Index capacity() const { return keys.empty() ? 0 : keys.front().rows(); }
   void clear() { length = 0; }
@@ -183,16 +183,17 @@ class LlamaModel {
     MOE_CHECK(cache.keys.size() == layers_.size() && cache.keys.front().cols() == kv &&
                   cache.x_.cols() == config_.hidden && (moe || cache.gate_.cols() == config_.intermediate),
               "LlamaModel::forward: the cache was not made by this model's make_cache");
-    MOE_CHECK(end <= cache.capacity(), "LlamaModel::forward: " << t_len << " tokens after " << start
-                                                               << " cached positions exceed the cache's capacity "
-                                                               << cache.capacity());
+    MOE_CHECK(end <= cache.capacity(),
+              "LlamaModel::forward: " << t_len << " tokens after " << start
+                                      << " cached positions exceed the cache's capacity "
+                                      << cache.capacity());
     if (routing) routing->assign(moe ? layers_.size() : 0, RoutingRecord<float>{});
     auto x = cache.x_.topRows(t_len);
     for (Index t = 0; t < t_len; ++t) {
       const std::int32_t id = ids[static_cast<std::size_t>(t)];
-      MOE_CHECK(id >= 0 && id < config_.vocab, "LlamaModel::forward: token id " << id << " at position "
-                                                                                << start + t << " outside [0, "
-                                                                                << config_.vocab << ")");
+      MOE_CHECK(id >= 0 && id < config_.vocab, "LlamaModel::forward: token id "
+                                                   << id << " at position " << start + t << " outside [0, "
+                                                   << config_.vocab << ")");
       x.row(t) = embed_.col(id).transpose();
     }
     if (mlp_inputs) mlp_inputs->clear();
