@@ -288,6 +288,25 @@ TEST_CASE("moe_eval reproduces Hugging Face's loss and scores converted checkpoi
   CHECK(eight.find("layer 3 load:") != std::string::npos);
   CHECK(std::isfinite(nats_per_byte(eight)));
 
+  // Its layers decode over the KV cache as the full forward computes them (MoE layers route one
+  // token at a time there), and moe_generate runs it.
+  {
+    const LlamaModel moe_model{HfCheckpoint((tmp.path / "eight").string())};
+    REQUIRE(moe_model.moe_layers().size() == 4);
+    const std::string bytes = slurp(text).substr(0, 40);
+    const std::vector<std::int32_t> ids(bytes.begin(), bytes.end());
+    const RowMatrix<float> full = moe_model.forward(ids);
+    LlamaCache cache = moe_model.make_cache(40);
+    RowMatrix<float> steps(40, 256);
+    steps.topRows(30) = moe_model.forward(std::vector<std::int32_t>(ids.begin(), ids.begin() + 30), cache);
+    for (Index t = 30; t < 40; ++t) steps.row(t) = moe_model.forward({ids[std::size_t(t)]}, cache);
+    CHECK(testutil::rel_err(steps, full) < 1e-5);
+    CHECK(run_tool("MOE_GENERATE_TOOL",
+                   {"--model", (tmp.path / "eight").string(), "--prompt", "And", "--tokens", "20"},
+                   tmp.path / "gen.out", tmp.path / "gen.err") == 0);
+    CHECK(slurp(tmp.path / "gen.out").size() == 23);
+  }
+
   // The routing trace: one shaded cell per (byte, layer, slot), titled with the byte it routed,
   // and the loss as without it; any thread count gives the same bits.
   const fs::path svg = tmp.path / "trace.svg";

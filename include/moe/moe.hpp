@@ -12,7 +12,7 @@
 #include "moe/hf_moe_block.hpp"          // one Hugging Face MoE block (Mixtral, Qwen, DeepSeek, Llama 4, ...)
 #include "moe/importance.hpp"            // formula (5) and dL/dh = dL/dy W_down^T
 #include "moe/kmeans.hpp"                // balanced and plain k-means
-#include "moe/llama_model.hpp"           // dense LLaMA decoder forward (calibration inputs)
+#include "moe/llama_model.hpp"           // LLaMA / LLaMA-MoE decoder forward with a KV cache
 #include "moe/llama_moe_checkpoint.hpp"  // LLaMA-MoE checkpoints: write, config, load a layer
 #include "moe/math.hpp"                  // sigmoid, SiLU, softmax, top-k over N values
 #include "moe/moe_layer.hpp"             // MoELayer: route, dispatch, experts, combine, rescale
