@@ -1,124 +1,174 @@
-// moe_bench — what a sparse MoE FFN buys over the dense FFN it was split from.
+// moe_bench — what a sparse MoE FFN buys over the dense FFN it was split from, and how close each
+// gets to the machine's limits.
 //
-// LLaMA-2-7B FFN shape (d = 4096, d_h = 11008), float32, split LLaMA-MoE style into N = 8 (top-2)
-// and N = 16 (top-4) experts. For T tokens per call:
-//   dense/...            ffn_forward of the dense FFN                       (formula 1)
-//   moe/...              MoELayer::forward: router, dispatch, routed experts only, combine
-//   moe_all_experts/...  the NumPy reference's way: every expert on every token, then top-k
-// All three use the same ThreadPool (all cores). Counters: GFLOP/s of the FFN math performed
-// (2·3·d·m per token and expert run) and GB/s of the expert weights the call touched.
+// Shapes: the LLaMA-2-7B FFN (d = 4096, d_h = 11008) dense and split LLaMA-MoE style into N = 8
+// (top-2) and N = 16 (top-4) experts, and the Mixtral expert shape (d = 4096, m = 14336, N = 8,
+// top-2). For T tokens per call:
+//   StreamRead                        this machine's read bandwidth with the same thread pool
+//   dense/d:D/dh:H/T:T                ffn_forward of the dense FFN                    (formula 1)
+//   moe/d:D/dh:H/N:N/k:K/T:T          MoELayer::forward: router, dispatch, routed experts, combine
+//   moe/d:D/m:M/N:N/k:K/T:T           the same with N experts of width M (Mixtral)
+//   moe_all_experts/...               the NumPy reference's way: every expert on every token
+// All use one ThreadPool of every core. Counters: bytes_per_second = bytes of the weights the
+// call read (the experts it touched) per second; FLOP/s = 2·3·d·m per (token, expert) pair.
 //
-// Run:  build/bench/moe_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
-// and bench/report.py turns its JSON output into the README's table of MoE/dense ratios.
+// Run (then bench/report.py bench.json prints the README's tables):
+//   build/bench/moe_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>
 
 #include <cmath>
 #include <map>
 #include <memory>
 #include <moe/moe.hpp>
-#include <set>
 #include <string>
+#include <tuple>
+#include <vector>
 
 using namespace moe;
 
 namespace {
 
-constexpr Index kD = 4096, kDh = 11008;
 constexpr Index kTokens[] = {1, 8, 64, 512};
 
-ColMatrix<float> gaussian(Index rows, Index cols, double sd, std::uint64_t seed) {
-  detail::SplitMix64 rng(seed);
-  ColMatrix<float> m(rows, cols);
-  // Uniform with the same variance: as good as Gaussian for timing, and much faster to make.
-  const double a = sd * std::sqrt(3.0);
-  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<float>(a * (2 * rng.uniform() - 1));
-  return m;
-}
-
-struct Dense {
-  ColMatrix<float> gate = gaussian(kD, kDh, 0.02, 1), up = gaussian(kD, kDh, 0.02, 2),
-                   down = gaussian(kDh, kD, 0.02, 3);
-  FfnWeightsView<float> view() const { return {gate.data(), up.data(), down.data(), kD, kDh}; }
-};
-
-Dense& dense() {
-  static Dense d;
-  return d;
-}
 ThreadPool& pool() {
   static ThreadPool p;
   return p;
 }
-RowMatrix<float> input(Index tokens) {
-  return RowMatrix<float>(gaussian(tokens, kD, 1.0, 100 + static_cast<std::uint64_t>(tokens)));
+
+/// Uniform with standard deviation sd: as good as Gaussian for timing, and much faster to make.
+/// Filled in parallel (fixed chunks, one seed per chunk: the same values for any pool size).
+ColMatrix<float> random_matrix(Index rows, Index cols, double sd, std::uint64_t seed) {
+  ColMatrix<float> m(rows, cols);
+  const double a = sd * std::sqrt(3.0);
+  constexpr Index kChunk = 1 << 20;
+  parallel_for(&pool(), (m.size() + kChunk - 1) / kChunk, [&](Index c) {
+    detail::SplitMix64 rng(seed * 1000003 + static_cast<std::uint64_t>(c));
+    for (Index i = c * kChunk; i < std::min(m.size(), (c + 1) * kChunk); ++i)
+      m.data()[i] = static_cast<float>(a * (2 * rng.uniform() - 1));
+  });
+  return m;
 }
 
-MoELayer<float>& layer(int n, int k) {
-  static std::map<std::pair<int, int>, std::unique_ptr<MoELayer<float>>> layers;
-  auto& l = layers[{n, k}];
+RowMatrix<float> input(Index tokens, Index d) {
+  return RowMatrix<float>(random_matrix(tokens, d, 1.0, 100 + static_cast<std::uint64_t>(tokens)));
+}
+
+FfnWeights<float> random_ffn(Index d, Index m, std::uint64_t seed) {
+  // sd 0.02, as LLaMA's initialiser; the values only matter for the activations' range.
+  return {random_matrix(d, m, 0.02, seed), random_matrix(d, m, 0.02, seed + 1),
+          random_matrix(m, d, 0.02, seed + 2)};
+}
+
+/// The dense FFN of width dh (made once per shape, on first use).
+const FfnWeights<float>& dense(Index d, Index dh) {
+  static std::map<std::pair<Index, Index>, std::unique_ptr<FfnWeights<float>>> cache;
+  auto& w = cache[{d, dh}];
+  if (!w) w = std::make_unique<FfnWeights<float>>(random_ffn(d, dh, 1));
+  return *w;
+}
+
+/// A MoE layer: `sliced` — the dense FFN of width m split into n experts of m/n neurons (LLaMA-MoE);
+/// otherwise n independent experts of width m (Mixtral). Router N(0, 1/d): balanced routing on
+/// random inputs, as a trained router aims for.
+const MoELayer<float>& layer(Index d, Index m, int n, int k, bool sliced) {
+  static std::map<std::tuple<Index, Index, int, int, bool>, std::unique_ptr<MoELayer<float>>> cache;
+  auto& l = cache[{d, m, n, k, sliced}];
   if (!l) {
-    const auto partition = ExpertPartition::independent_random(kDh, n, 42);
-    // Router N(0, 1/d): balanced routing on random inputs, as a trained router aims for.
-    l = std::make_unique<MoELayer<float>>(slice_experts(dense().view(), partition),
-                                          gaussian(kD, n, 1.0 / std::sqrt(double(kD)), 7), MoEConfig{k});
+    std::vector<FfnWeights<float>> experts;
+    if (sliced) {
+      experts = slice_experts(dense(d, m).view(), ExpertPartition::independent_random(m, n, 42));
+    } else {
+      for (int e = 0; e < n; ++e) experts.push_back(random_ffn(d, m, 10 + 3 * static_cast<std::uint64_t>(e)));
+    }
+    l = std::make_unique<MoELayer<float>>(std::move(experts),
+                                          random_matrix(d, n, 1.0 / std::sqrt(double(d)), 7), MoEConfig{k});
   }
   return *l;
 }
 
 void set_counters(benchmark::State& state, double flops, double weight_bytes) {
-  state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["weight_GB/s"] =
-      benchmark::Counter(weight_bytes * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.SetBytesProcessed(static_cast<std::int64_t>(weight_bytes) * state.iterations());
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void bm_dense(benchmark::State& state, Index tokens) {
-  const auto x = input(tokens);
-  RowMatrix<float> y(tokens, kD);
+/// Sums a buffer far larger than the last-level cache, split in fixed chunks over the pool: the
+/// read bandwidth the decode path is measured against.
+void bm_stream_read(benchmark::State& state) {
+  constexpr Index kFloats = Index{1} << 28;  // 1 GiB
+  constexpr Index kChunk = Index{1} << 20;
+  constexpr Index kChunks = kFloats / kChunk;
+  static const ColMatrix<float> buffer = random_matrix(kFloats, 1, 1.0, 3);
+  std::vector<float> sums(static_cast<std::size_t>(kChunks));
+  for (auto _ : state) {
+    parallel_for(&pool(), kChunks, [&](Index c) {
+      using detail::FloatLanes;
+      constexpr Index L = FloatLanes::kWidth;
+      FloatLanes acc[4] = {FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero()};
+      const float* p = buffer.data() + c * kChunk;
+      for (Index i = 0; i < kChunk; i += 4 * L)
+        for (int a = 0; a < 4; ++a) acc[a].add(FloatLanes::load(p + i + a * L));
+      sums[static_cast<std::size_t>(c)] = acc[0].sum() + acc[1].sum() + acc[2].sum() + acc[3].sum();
+    });
+    benchmark::DoNotOptimize(sums.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(kFloats * sizeof(float)) * state.iterations());
+}
+
+void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens) {
+  const auto x = input(tokens, d);
+  RowMatrix<float> y(tokens, d);
   FfnWorkspace<float> ws;
-  const FfnWeightsView<float> w = dense().view();
-  ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: weights made, workspace touched
+  const FfnWeightsView<float> w = dense(d, dh).view();
+  ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: workspace touched
   for (auto _ : state) {
     ffn_forward<float>(w, x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, 6.0 * kD * kDh * tokens, 3.0 * kD * kDh * sizeof(float));
+  set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
+               3.0 * double(d) * double(dh) * sizeof(float));
 }
 
-void bm_moe(benchmark::State& state, int n, int k, Index tokens) {
-  const MoELayer<float>& l = layer(n, k);
-  const auto x = input(tokens);
-  RowMatrix<float> y(tokens, kD);
+void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced, Index tokens) {
+  const MoELayer<float>& l = layer(d, m, n, k, sliced);
+  const auto x = input(tokens, d);
+  RowMatrix<float> y(tokens, d);
   MoEWorkspace<float> ws;
   ws.reserve(l, tokens);
   RoutingRecord<float> rec;
   l.forward(x, y, ws, &pool(), &rec);  // warm-up, and the routing: which experts are touched
-  Index touched = 0;
-  for (Index c : rec.tokens_per_expert) touched += c > 0;
-  const Index m = kDh / n;
+  double touched_bytes = 0;
+  int touched = 0;
+  for (int e = 0; e < n; ++e)
+    if (rec.tokens_per_expert[static_cast<std::size_t>(e)] > 0) {
+      touched_bytes += 3.0 * double(d) * double(l.expert(e).hidden_dim()) * sizeof(float);
+      ++touched;
+    }
+  const double expert_m = double(l.expert(0).hidden_dim());
   for (auto _ : state) {
     l.forward(x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, 6.0 * kD * m * k * tokens, 3.0 * kD * m * touched * sizeof(float));
-  state.counters["experts_touched"] = static_cast<double>(touched);
+  set_counters(state, 6.0 * double(d) * expert_m * k * double(tokens), touched_bytes);
+  state.counters["experts_touched"] = touched;
 }
 
-void bm_all_experts(benchmark::State& state, int n, int k, Index tokens) {
-  const MoELayer<float>& l = layer(n, k);
-  const auto x = input(tokens);
-  RowMatrix<float> logits(tokens, n), all(tokens, n * kD), y(tokens, kD), ye(tokens, kD);
+void bm_all_experts(benchmark::State& state, Index d, Index dh, int n, int k, Index tokens) {
+  const MoELayer<float>& l = layer(d, dh, n, k, true);
+  const auto x = input(tokens, d);
+  RowMatrix<float> logits(tokens, n), all(tokens, n * d), y(tokens, d), ye(tokens, d);
   IdMatrix ids(tokens, k);
   RowMatrix<float> w(tokens, k);
   FfnWorkspace<float> ws;
-  const Index m = kDh / n;
   auto run = [&] {
     router_logits<float>(x, l.router_weight(), logits);
     route_top_k<float>(logits, k, TopKWeights::kSoftmax, ids, w);
     for (int e = 0; e < n; ++e) {
       ffn_forward<float>(l.expert(e), x, ye, ws, &pool());
-      all.middleCols(e * kD, kD) = ye;
+      all.middleCols(e * d, d) = ye;
     }
     aggregate_top_k<float>(all, ids, w, y);
     apply_scale<float>(y, l.scale());
@@ -129,28 +179,31 @@ void bm_all_experts(benchmark::State& state, int n, int k, Index tokens) {
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  set_counters(state, 6.0 * kD * m * n * tokens, 3.0 * kD * kDh * sizeof(float));
+  set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
+               3.0 * double(d) * double(dh) * sizeof(float));
+}
+
+template <class F, class... Args>
+void add(const std::string& name, F f, Args... args) {
+  benchmark::RegisterBenchmark(name.c_str(), f, args...)->UseRealTime()->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
-  const std::string shape = "d:" + std::to_string(kD) + "/dh:" + std::to_string(kDh);
+  benchmark::RegisterBenchmark("StreamRead", bm_stream_read)->UseRealTime()->Unit(benchmark::kMillisecond);
+  constexpr Index d = 4096, dh = 11008, mixtral_m = 14336;
+  const auto s = [](auto v) { return std::to_string(v); };
   for (Index t : kTokens) {
-    const std::string ts = "/T:" + std::to_string(t);
-    benchmark::RegisterBenchmark(("dense/" + shape + ts).c_str(), bm_dense, t)
-        ->UseRealTime()
-        ->Unit(benchmark::kMillisecond);
+    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
+    add("dense/" + llama + ts, bm_dense, d, dh, t);
     for (auto [n, k] : {std::pair<int, int>{8, 2}, {16, 4}}) {
-      const std::string nk = "/N:" + std::to_string(n) + "/k:" + std::to_string(k);
-      benchmark::RegisterBenchmark(("moe/" + shape + nk + ts).c_str(), bm_moe, n, k, t)
-          ->UseRealTime()
-          ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("moe_all_experts/" + shape + nk + ts).c_str(), bm_all_experts, n, k, t)
-          ->UseRealTime()
-          ->Unit(benchmark::kMillisecond);
+      const std::string nk = "/N:" + s(n) + "/k:" + s(k);
+      add("moe/" + llama + nk + ts, bm_moe, d, dh, n, k, true, t);
+      add("moe_all_experts/" + llama + nk + ts, bm_all_experts, d, dh, n, k, t);
     }
+    add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe, d, mixtral_m, 8, 2, false, t);
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
   benchmark::RunSpecifiedBenchmarks();

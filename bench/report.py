@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Turn moe_bench's JSON (--benchmark_out=FILE --benchmark_repetitions=N) into a Markdown table:
-median time per call for dense, MoE and run-every-expert, and their ratios to dense, all taken
-from the same run.  usage: bench/report.py bench.json"""
+"""Turn moe_bench's JSON (--benchmark_out=FILE --benchmark_repetitions=N) into the README's
+Markdown table: median ms per call, MoE/dense, weight read rate as a fraction of StreamRead (the
+memory floor's measure), FLOP rate as a fraction of the dense FFN's at the same T (the compute
+floor's measure), all from the same run.  usage: bench/report.py bench.json"""
 import json
 import re
 import sys
@@ -10,34 +11,54 @@ import sys
 def main(path):
     with open(path) as f:
         data = json.load(f)
-    median = {}
+    med = {}
     for b in data["benchmarks"]:
         if b.get("aggregate_name") == "median":
-            median[b["run_name"]] = b["real_time"]  # unit: ms (the benchmarks set kMillisecond)
+            name = b["run_name"].removesuffix("/real_time")
+            med[name] = b  # times in ms (the benchmarks set kMillisecond)
+    stream = med.get("StreamRead", {}).get("bytes_per_second")
     dense = {}
-    for name, t in median.items():
-        m = re.match(r"dense/d:(\d+)/dh:(\d+)/T:(\d+)", name)
+    for name, b in med.items():
+        m = re.fullmatch(r"dense/d:(\d+)/dh:(\d+)/T:(\d+)", name)
         if m:
-            dense[int(m.group(3))] = t
+            dense[(int(m.group(1)), int(m.group(2)), int(m.group(3)))] = b
     rows = []
-    for name, t in median.items():
-        m = re.match(r"moe/d:\d+/dh:\d+/N:(\d+)/k:(\d+)/T:(\d+)", name)
-        if not m:
-            continue
-        n, k, tokens = int(m.group(1)), int(m.group(2)), int(m.group(3))
-        every = median.get(name.replace("moe/", "moe_all_experts/", 1))
-        rows.append((n, k, tokens, t, every))
+    for name, b in med.items():
+        m = re.fullmatch(r"moe/d:(\d+)/(dh|m):(\d+)/N:(\d+)/k:(\d+)/T:(\d+)", name)
+        if m:
+            d, kind, width, n, k, t = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6))
+            rows.append((kind == "m", d, width, n, k, t, name, b))
     rows.sort()
+
     ctx = data["context"]
+    reps = data["benchmarks"][-1].get("repetitions", "?")
     print(f"Machine: {ctx.get('num_cpus')} CPUs @ {ctx.get('mhz_per_cpu')} MHz, threads={ctx.get('threads')}, "
-          f"date {ctx.get('date')}; medians of {data['benchmarks'][0].get('repetitions', '?')} repetitions.\n")
-    print("| N | k | T | dense ms | MoE ms | run-every-expert ms | MoE / dense | every-expert / dense | ideal k/N |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, k, tokens, t, every in rows:
-        d = dense.get(tokens)
-        every_s = f"{every:.2f}" if every else "-"
-        ratio_every = f"{every / d:.2f}" if every and d else "-"
-        print(f"| {n} | {k} | {tokens} | {d:.2f} | {t:.2f} | {every_s} | **{t / d:.2f}** | {ratio_every} | {k / n:.2f} |")
+          f"date {ctx.get('date')}; medians of {reps} repetitions; StreamRead "
+          f"{stream / 1e9:.1f} GB/s.\n" if stream else "")
+    print("| shape | T | dense ms | MoE ms | MoE / dense | MoE weights GB/s (of StreamRead) "
+          "| MoE GFLOP/s (of dense's) | every-expert ms |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def frac(x, ref):
+        return f" ({x / ref:.2f})" if ref else ""
+
+    for mixtral, d, width, n, k, t, name, b in rows:
+        shape = f"{'Mixtral m' if mixtral else 'LLaMA d_h'}={width} N={n} k={k}"
+        db = None if mixtral else dense.get((d, width, t))
+        every = med.get(name.replace("moe/", "moe_all_experts/", 1))
+        gbs = b["bytes_per_second"] / 1e9
+        gflops = b["FLOP/s"] / 1e9
+        print(f"| {shape} | {t} | {db['real_time']:.2f} | " if db else f"| {shape} | {t} | - | ", end="")
+        print(f"{b['real_time']:.2f} | " + (f"**{b['real_time'] / db['real_time']:.2f}** | " if db else "- | ")
+              + f"{gbs:.1f}{frac(b['bytes_per_second'], stream)} | "
+              + f"{gflops:.0f}{frac(b['FLOP/s'], db['FLOP/s'] if db else None)} | "
+              + (f"{every['real_time']:.1f} |" if every else "- |"))
+    dense_rows = sorted(dense.items())
+    if dense_rows:
+        print("\nDense FFN alone: " + "; ".join(
+            f"T={t}: {b['real_time']:.2f} ms, {b['bytes_per_second'] / 1e9:.1f} GB/s"
+            + (f" ({b['bytes_per_second'] / stream:.2f} of StreamRead)" if stream and t == 1 else "")
+            + f", {b['FLOP/s'] / 1e9:.0f} GFLOP/s" for (d, dh, t), b in dense_rows))
 
 
 if __name__ == "__main__":

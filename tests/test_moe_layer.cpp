@@ -45,11 +45,12 @@ TEMPLATE_TEST_CASE("MoELayer equals 'run every expert, pick the top-k' (NumPy re
     Index tokens;
     bool renorm;
   };
-  // T = 1 (most experts idle), k = N, uneven partitions (dh % N != 0), both weight modes, and
-  // d/m spanning several 256-column blocks.
+  // T = 1 (most experts idle), k = N, uneven partitions (dh % N != 0), both weight modes, d/m
+  // spanning several 256-column blocks, and ~45 rows per expert with d = 300 (the float GEMM
+  // kernel's token panels, row padding and a partial depth block).
   const Case cases[] = {{16, 64, 4, 2, 1, false},   {16, 64, 4, 4, 7, false},   {24, 50, 3, 2, 16, true},
                         {32, 96, 8, 1, 5, false},   {20, 103, 8, 2, 33, false}, {300, 530, 4, 2, 9, true},
-                        {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true}};
+                        {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true},      {300, 530, 4, 2, 90, false}};
   for (const Case& c : cases) {
     Fixture<T> f(c.d, c.dh, c.n, 100 + static_cast<std::uint64_t>(c.n * 7 + c.k));
     MoEConfig cfg{c.k, c.renorm ? TopKWeights::kRenormalized : TopKWeights::kSoftmax, std::nullopt};

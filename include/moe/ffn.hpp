@@ -2,11 +2,14 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "moe/activation.hpp"
 #include "moe/config.hpp"
+#include "moe/detail/few_rows_matmul.hpp"
+#include "moe/detail/many_rows_matmul.hpp"
 #include "moe/math.hpp"
 #include "moe/thread_pool.hpp"
 #include "moe/types.hpp"
@@ -93,51 +96,69 @@ inline Index num_column_blocks(Index cols) { return (cols + kColumnBlock - 1) / 
 
 }  // namespace detail
 
-/// Caller-owned scratch for ffn_forward: x·W_gate and h (T x m each) and the output (T x d).
-/// Grows only when a call needs more than it holds; call reserve() once and the forward allocates
-/// nothing of its own.
-template <class T>
-class FfnWorkspace {
- public:
-  /// Room for `tokens` rows through an FFN of width d = model_dim, hidden m = hidden_dim.
-  void reserve(Index tokens, Index model_dim, Index hidden_dim) {
-    const auto n = static_cast<std::size_t>(tokens * hidden_dim);
-    if (gate_out_.size() < n) gate_out_.resize(n);
-    if (hidden_.size() < n) hidden_.resize(n);
-    if (out_.size() < static_cast<std::size_t>(tokens * model_dim))
-      out_.resize(static_cast<std::size_t>(tokens * model_dim));
-  }
-  /// h = (x·W_up) ⊙ Swish(x·W_gate) of the last forward (T x m): the input of W_down, the `h` of
-  /// formula (5). A copy: the workspace keeps h in whichever layout that forward used.
-  RowMatrix<T> hidden() const {
-    if (last_tokens_ <= detail::kFewRows)
-      return Eigen::Map<const RowMatrix<T>>(hidden_.data(), last_tokens_, last_hidden_);
-    return Eigen::Map<const ColMatrix<T>>(hidden_.data(), last_tokens_, last_hidden_);
-  }
-
- private:
-  template <class U>
-  friend void ffn_forward(const FfnWeightsView<U>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
-                          ThreadPool*, const GluActivation&);
-  std::vector<T> gate_out_, hidden_, out_;
-  Index last_tokens_ = 0, last_hidden_ = 0;
-};
-
 namespace detail {
 
-/// Calls f(g, h, y) with views of one expert's scratch for `rows` tokens: g, h: rows x m,
-/// y: rows x d. Row-major up to kFewRows rows (the matrix-vector path reads rows); column-major
-/// above, where Eigen's GEMM then packs the column-major weights without transposing them
-/// (measured: T = 64 through an 8-expert layer, 48 -> 42 ms).
+/// Rows of scratch kept for `rows` token rows. Past kFewRows the scratch is column-major, and in
+/// float the many-rows kernel computes whole vectors of rows, so it is padded to those.
+template <class T>
+Index scratch_rows(Index rows) {
+  return std::is_same_v<T, float> && rows > kFewRows ? padded_rows(rows) : rows;
+}
+
+/// Calls f(x, g, h, y) with views of one expert's (or the dense FFN's) scratch for `rows` tokens:
+/// x: rows x d (the input, laid out by the caller), g, h: rows x m, y: rows x d. Row-major up to
+/// kFewRows rows (the matrix-vector kernel reads token rows); above, column-major with
+/// scratch_rows<T>(rows) rows in memory (the GEMM kernel reads token panels; Eigen's GEMM, for
+/// double, reads any layout).
 template <class T, class F>
-void with_scratch_layout(Index rows, Index m, Index d, T* g, T* h, T* y, F&& f) {
+void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T* y, F&& f) {
   if (rows <= kFewRows) {
+    Eigen::Map<const RowMatrix<T>> xm(x, rows, d);
     Eigen::Map<RowMatrix<T>> gm(g, rows, m), hm(h, rows, m), ym(y, rows, d);
-    f(gm, hm, ym);
+    f(xm, gm, hm, ym);
   } else {
-    Eigen::Map<ColMatrix<T>> gm(g, rows, m), hm(h, rows, m), ym(y, rows, d);
-    f(gm, hm, ym);
+    const Eigen::OuterStride<> ld(scratch_rows<T>(rows));
+    Eigen::Map<const ColMatrix<T>, 0, Eigen::OuterStride<>> xm(x, rows, d, ld);
+    Eigen::Map<ColMatrix<T>, 0, Eigen::OuterStride<>> gm(g, rows, m, ld), hm(h, rows, m, ld),
+        ym(y, rows, d, ld);
+    f(xm, gm, hm, ym);
   }
+}
+
+/// Writes token rows into the input layout of with_scratch_layout: dst holds `rows` rows of d
+/// values, row i = src_row(i) (a pointer to d values) times scale(i). Column-major rows are
+/// written in panels of 16 (16 source rows read in step, each destination line written whole),
+/// padding rows as zeros. Runs the panels [first, last) of 16 rows, so callers can split the work.
+template <class T, class SrcRow, class Scale>
+void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T* dst, Index first,
+                         Index last) {
+  constexpr Index kPanel = 16;
+  if (rows <= kFewRows) {
+    for (Index i = first * kPanel; i < std::min(rows, last * kPanel); ++i) {
+      const T* s = src_row(i);
+      const T f = scale(i);
+      for (Index k = 0; k < d; ++k) dst[i * d + k] = f * s[k];
+    }
+    return;
+  }
+  const Index ld = scratch_rows<T>(rows);
+  for (Index p = first; p < last; ++p) {
+    const T* s[kPanel];
+    T f[kPanel];
+    const Index r0 = p * kPanel, n = std::min(kPanel, ld - r0);
+    for (Index i = 0; i < n; ++i) {
+      s[i] = r0 + i < rows ? src_row(r0 + i) : nullptr;
+      f[i] = s[i] ? scale(r0 + i) : T(0);
+    }
+    for (Index k = 0; k < d; ++k)
+      for (Index i = 0; i < n; ++i) dst[k * ld + r0 + i] = s[i] ? f[i] * s[i][k] : T(0);
+  }
+}
+
+/// Panels of 16 rows gather_scratch_rows writes for `rows` rows.
+template <class T>
+Index num_gather_panels(Index rows) {
+  return (scratch_rows<T>(rows) + 15) / 16;
 }
 
 /// Row i of a rows x d output written by with_scratch_layout.
@@ -146,7 +167,7 @@ Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>, 0, Eigen::InnerStride<>> s
                                                                                            Index rows,
                                                                                            Index d, Index i) {
   if (rows <= kFewRows) return {y + i * d, d, Eigen::InnerStride<>(1)};
-  return {y + i, d, Eigen::InnerStride<>(rows)};
+  return {y + i, d, Eigen::InnerStride<>(scratch_rows<T>(rows))};
 }
 
 /// h(:, c) = act(g(:, c) + gate_bias[c0 + c], h(:, c) + up_bias[c0 + c]) over a block, one loop
@@ -191,9 +212,24 @@ void glu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index 
   const Index width = std::min(kColumnBlock, w.hidden_dim() - c0);
   auto gb = g.middleCols(c0, width);
   auto hb = h.middleCols(c0, width);
-  if (x.rows() <= kFewRows) {
-    // Few tokens: one weight column at a time (it stays in L1 while every token row uses it),
-    // so the weights stream from memory once. A GEMM would repack them for a handful of rows.
+  if constexpr (std::is_same_v<T, float>) {
+    // Float: this library's kernels. Few tokens (row-major): each weight column streams from
+    // memory once and every token row uses it. Many (column-major, padded): a register-blocked
+    // GEMM over token panels. Both read the weights in their stored layout.
+    if constexpr (X::IsRowMajor) {
+      few_rows_matmul(x.data(), x.outerStride(), x.rows(), w.gate.data() + c0 * w.gate.outerStride(),
+                      w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride(), 1);
+      few_rows_matmul(x.data(), x.outerStride(), x.rows(), w.up.data() + c0 * w.up.outerStride(),
+                      w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), 1);
+    } else {
+      many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.gate.data() + c0 * w.gate.outerStride(),
+                       w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride());
+      many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.up.data() + c0 * w.up.outerStride(),
+                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride());
+    }
+  } else if (x.rows() <= kFewRows) {
+    // Other scalar types (double: the reference precision) through Eigen, one weight column at a
+    // time for few rows (a GEMM would repack the weights for a handful of rows).
     for (Index j = 0; j < width; ++j) {
       gb.col(j).noalias() = x * w.gate.col(c0 + j);
       hb.col(j).noalias() = x * w.up.col(c0 + j);
@@ -210,7 +246,15 @@ template <class T, class H, class Y>
 void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) {
   const Index c0 = block * kColumnBlock;
   const Index width = std::min(kColumnBlock, w.model_dim() - c0);
-  if (h.rows() <= kFewRows) {
+  if constexpr (std::is_same_v<T, float>) {
+    if constexpr (H::IsRowMajor)
+      few_rows_matmul(h.data(), h.outerStride(), h.rows(), w.down.data() + c0 * w.down.outerStride(),
+                      w.down.outerStride(), w.hidden_dim(), width, y.data() + c0, y.outerStride(), 1);
+    else
+      many_rows_matmul(h.data(), h.outerStride(), h.rows(), w.down.data() + c0 * w.down.outerStride(),
+                       w.down.outerStride(), w.hidden_dim(), width, y.data() + c0 * y.outerStride(),
+                       y.outerStride());
+  } else if (h.rows() <= kFewRows) {
     for (Index j = 0; j < width; ++j) y.col(c0 + j).noalias() = h * w.down.col(c0 + j);
   } else {
     y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
@@ -220,6 +264,41 @@ void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) 
 }
 
 }  // namespace detail
+
+/// Caller-owned scratch for ffn_forward: the input in the kernels' layout, x·W_gate and h (T x m
+/// each) and the output (T x d). Grows only when a call needs more than it holds; call reserve()
+/// once and the forward allocates nothing of its own.
+template <class T>
+class FfnWorkspace {
+ public:
+  /// Room for `tokens` rows through an FFN of width d = model_dim, hidden m = hidden_dim.
+  void reserve(Index tokens, Index model_dim, Index hidden_dim) {
+    const auto rows = static_cast<std::size_t>(detail::scratch_rows<T>(tokens));
+    grow(input_, rows * static_cast<std::size_t>(model_dim));
+    grow(gate_out_, rows * static_cast<std::size_t>(hidden_dim));
+    grow(hidden_, rows * static_cast<std::size_t>(hidden_dim));
+    grow(out_, rows * static_cast<std::size_t>(model_dim));
+  }
+  /// h = (x·W_up) ⊙ Swish(x·W_gate) of the last forward (T x m): the input of W_down, the `h` of
+  /// formula (5). A copy: the workspace keeps h in whichever layout that forward used.
+  RowMatrix<T> hidden() const {
+    if (last_tokens_ <= detail::kFewRows)
+      return Eigen::Map<const RowMatrix<T>>(hidden_.data(), last_tokens_, last_hidden_);
+    return Eigen::Map<const ColMatrix<T>, 0, Eigen::OuterStride<>>(
+        hidden_.data(), last_tokens_, last_hidden_,
+        Eigen::OuterStride<>(detail::scratch_rows<T>(last_tokens_)));
+  }
+
+ private:
+  template <class U>
+  friend void ffn_forward(const FfnWeightsView<U>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
+                          ThreadPool*, const GluActivation&);
+  static void grow(std::vector<T>& v, std::size_t n) {
+    if (v.size() < n) v.resize(n);
+  }
+  std::vector<T> input_, gate_out_, hidden_, out_;
+  Index last_tokens_ = 0, last_hidden_ = 0;
+};
 
 /// SwiGLU FFN forward, paper formula (1) (and (4) when `w` is an expert):
 ///   y = h·W_down,  h = (x·W_up) ⊙ Swish(x·W_gate),  Swish(z) = z·sigmoid(z).
@@ -238,10 +317,15 @@ void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> 
   ws.reserve(tokens, d, m);
   ws.last_tokens_ = tokens;
   ws.last_hidden_ = m;
-  detail::with_scratch_layout(tokens, m, d, ws.gate_out_.data(), ws.hidden_.data(), ws.out_.data(),
-                              [&](auto& g, auto& h, auto& out) {
+  parallel_for(pool, detail::num_gather_panels<T>(tokens), [&](Index p) {
+    detail::gather_scratch_rows<T>(
+        tokens, d, [&](Index i) { return x.data() + i * x.outerStride(); }, [](Index) { return T(1); },
+        ws.input_.data(), p, p + 1);
+  });
+  detail::with_scratch_layout(tokens, m, d, ws.input_.data(), ws.gate_out_.data(), ws.hidden_.data(),
+                              ws.out_.data(), [&](const auto& xs, auto& g, auto& h, auto& out) {
                                 parallel_for(pool, detail::num_column_blocks(m),
-                                             [&](Index b) { detail::glu_hidden_block(w, x, g, h, b, act); });
+                                             [&](Index b) { detail::glu_hidden_block(w, xs, g, h, b, act); });
                                 parallel_for(pool, detail::num_column_blocks(d), [&](Index b) {
                                   detail::down_proj_block(w, h, out, b);
                                   const Index c0 = b * detail::kColumnBlock;

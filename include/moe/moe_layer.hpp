@@ -70,7 +70,7 @@ class MoEWorkspace {
   }
   std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
   std::vector<std::int32_t> ids_;
-  std::vector<Index> hidden_offsets_;
+  std::vector<Index> row_offsets_, hidden_offsets_;
   std::vector<std::pair<int, Index>> tasks_;  // (expert, column block)
   ExpertDispatch dispatch_;
   RouterScratch<T> router_scratch_;
@@ -200,59 +200,69 @@ class MoELayer {
     ExpertDispatch& dp = ws.dispatch_;
     build_dispatch(ids, n, dp);
 
-    // Hidden-activation offsets and the task lists: only experts with tokens get tasks.
+    // Scratch offsets per expert (rows padded as the kernels lay them out, detail::scratch_rows)
+    // and the task lists: only experts with tokens get tasks.
+    auto& roff = ws.row_offsets_;
     auto& hoff = ws.hidden_offsets_;
+    roff.resize(static_cast<std::size_t>(n) + 1);
     hoff.resize(static_cast<std::size_t>(n) + 1);
-    hoff[0] = 0;
+    roff[0] = hoff[0] = 0;
     ws.tasks_.clear();
     for (int e = 0; e < n; ++e) {
-      const Index c = dp.counts[static_cast<std::size_t>(e)];
-      hoff[static_cast<std::size_t>(e) + 1] = hoff[static_cast<std::size_t>(e)] + c * expert(e).hidden_dim();
-      if (c == 0) continue;
+      const auto u = static_cast<std::size_t>(e);
+      const Index rows = detail::scratch_rows<T>(dp.counts[u]);
+      roff[u + 1] = roff[u] + rows;
+      hoff[u + 1] = hoff[u] + rows * expert(e).hidden_dim();
+      for (Index p = 0; p < detail::num_gather_panels<T>(dp.counts[u]); ++p) ws.tasks_.emplace_back(e, p);
+    }
+    const auto gather_tasks = static_cast<Index>(ws.tasks_.size());
+    for (int e = 0; e < n; ++e) {
+      if (dp.counts[static_cast<std::size_t>(e)] == 0) continue;
       for (Index b = 0; b < detail::num_column_blocks(expert(e).hidden_dim()); ++b)
         ws.tasks_.emplace_back(e, b);
     }
-    const auto hidden_tasks = static_cast<Index>(ws.tasks_.size());
+    const auto hidden_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks;
     for (int e = 0; e < n; ++e) {
       if (dp.counts[static_cast<std::size_t>(e)] == 0) continue;
       for (Index b = 0; b < detail::num_column_blocks(d); ++b) ws.tasks_.emplace_back(e, b);
     }
-    const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - hidden_tasks;
+    const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks - hidden_tasks;
+    const auto task = [&](Index i) { return ws.tasks_[static_cast<std::size_t>(i)]; };
 
-    const Index rows = dp.offsets[static_cast<std::size_t>(n)];
-    Eigen::Map<RowMatrix<T>> xg(ws.xg_.data(), rows, d);
+    // Gather each expert's token rows (times G(x)_i with scale_input) into its input scratch.
     const bool scale_input = config_.scale_input;
-    constexpr Index kRowChunk = 64;
-    parallel_for(pool, (rows + kRowChunk - 1) / kRowChunk, [&](Index c) {
-      for (Index r = c * kRowChunk; r < std::min(rows, (c + 1) * kRowChunk); ++r) {
-        const auto ur = static_cast<std::size_t>(r);
-        if (scale_input)
-          xg.row(r) = weights(dp.pair[ur] / k, dp.pair[ur] % k) * x.row(dp.token[ur]);
-        else
-          xg.row(r) = x.row(dp.token[ur]);
-      }
+    parallel_for(pool, gather_tasks, [&](Index i) {
+      const int e = task(i).first;
+      const auto u = static_cast<std::size_t>(e);
+      const std::size_t r0 = static_cast<std::size_t>(dp.offsets[u]);
+      detail::gather_scratch_rows<T>(
+          dp.counts[u], d,
+          [&](Index r) { return x.data() + dp.token[r0 + static_cast<std::size_t>(r)] * x.outerStride(); },
+          [&](Index r) {
+            const Index pair = dp.pair[r0 + static_cast<std::size_t>(r)];
+            return scale_input ? weights(pair / k, pair % k) : T(1);
+          },
+          ws.xg_.data() + roff[u] * d, task(i).second, task(i).second + 1);
     });
     // Expert e's tokens, and its slices of the scratch buffers (layout by its row count).
     auto with_expert = [&](int e, auto&& f) {
       const auto u = static_cast<std::size_t>(e);
-      const Index c = dp.counts[u];
-      const Eigen::Map<const RowMatrix<T>> xe(xg.data() + dp.offsets[u] * d, c, d);
-      detail::with_scratch_layout(c, expert(e).hidden_dim(), d, ws.g_.data() + hoff[u],
-                                  ws.h_.data() + hoff[u], ws.yp_.data() + dp.offsets[u] * d,
-                                  [&](auto& g, auto& h, auto& ye) { f(xe, g, h, ye); });
+      detail::with_scratch_layout(dp.counts[u], expert(e).hidden_dim(), d, ws.xg_.data() + roff[u] * d,
+                                  ws.g_.data() + hoff[u], ws.h_.data() + hoff[u], ws.yp_.data() + roff[u] * d,
+                                  f);
     };
     const GluActivation& act = config_.activation;
     parallel_for(pool, hidden_tasks, [&](Index i) {
       // (Not a structured binding: C++17 lambdas cannot capture those; clang rejects it.)
-      const int e = ws.tasks_[static_cast<std::size_t>(i)].first;
-      const Index b = ws.tasks_[static_cast<std::size_t>(i)].second;
+      const int e = task(gather_tasks + i).first;
+      const Index b = task(gather_tasks + i).second;
       with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
         detail::glu_hidden_block(expert(e), xe, g, h, b, act);
       });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
-      const int e = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)].first;
-      const Index b = ws.tasks_[static_cast<std::size_t>(hidden_tasks + i)].second;
+      const int e = task(gather_tasks + hidden_tasks + i).first;
+      const Index b = task(gather_tasks + hidden_tasks + i).second;
       with_expert(
           e, [&](const auto&, auto&, auto& h, auto& ye) { detail::down_proj_block(expert(e), h, ye, b); });
     });
@@ -266,7 +276,7 @@ class MoELayer {
           if (ids(t, s) < 0) continue;  // dropped by the expert capacity
           const auto e = static_cast<std::size_t>(ids(t, s));
           const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
-          const auto row = detail::scratch_row(ws.yp_.data() + dp.offsets[e] * d, dp.counts[e], d, local);
+          const auto row = detail::scratch_row(ws.yp_.data() + roff[e] * d, dp.counts[e], d, local);
           if (scale_input)
             y.row(t) += row;
           else
@@ -332,15 +342,19 @@ void MoEWorkspace<T>::reserve(const MoELayer<T>& layer, Index tokens, Index k) {
     blocks += detail::num_column_blocks(layer.expert(e).hidden_dim()) + detail::num_column_blocks(d);
   }
   const auto u = [](Index v) { return static_cast<std::size_t>(v); };
+  // Each expert's rows are padded to whole vectors (detail::scratch_rows): at most one vector
+  // of padding per expert; gather tasks: its panels of 16 rows.
+  const Index rows = pairs + n * detail::kPanelRowQuantum;
   grow(logits_, u(tokens * n));
   grow(ids_, u(pairs));
   grow(weights_, u(pairs));
-  grow(xg_, u(pairs * d));
-  grow(yp_, u(pairs * d));
-  grow(g_, u(pairs * max_m));
-  grow(h_, u(pairs * max_m));
+  grow(xg_, u(rows * d));
+  grow(yp_, u(rows * d));
+  grow(g_, u(rows * max_m));
+  grow(h_, u(rows * max_m));
+  row_offsets_.reserve(u(n) + 1);
   hidden_offsets_.reserve(u(n) + 1);
-  tasks_.reserve(u(blocks));
+  tasks_.reserve(u(blocks + rows / 16 + n));
   dispatch_.reserve(pairs, n);
   router_scratch_.reserve(n, static_cast<int>(k));
   const RouterGate<T>& gate = layer.router();

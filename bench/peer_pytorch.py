@@ -1,0 +1,135 @@
+#!/usr/bin/python3
+"""The same FFN work in PyTorch on the CPU, beside moe_bench's numbers.
+
+Runs, at moe_bench's shapes and token counts, with the same thread count:
+  dense  the SwiGLU FFN, F.linear three times (Hugging Face LlamaMLP)
+  moe    a Hugging Face-style MoE block (MixtralSparseMoeBlock's loop): router logits, softmax,
+         top-k, then per expert: gather its tokens, its FFN, weight, index_add_ into the output
+and prints a Markdown table of medians next to moe_bench's medians (from its JSON) and the ratio.
+
+Needs Debian's python3-torch; PyTorch's float32 matmul goes through the system BLAS, so install
+OpenBLAS too (libopenblas0-pthread), else Debian's reference BLAS makes PyTorch ~10x slower.
+PyTorch's defaults are slow on this machine class; this script sets, unless already set,
+OMP_WAIT_POLICY=PASSIVE and OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels
+on Zen 5), the tuning the issue's peer figures were measured with.
+
+usage: bench/peer_pytorch.py [--threads 2] [--repetitions 5] [--dtype float32|bfloat16]
+                             [--moe-bench-json bench.json] [--filter REGEX]
+"""
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+
+TOKENS = (1, 8, 64, 512)
+# (name as moe_bench writes it, d, width of one expert's hidden layer or dense d_h, N, k)
+CASES = [("dense/d:4096/dh:11008", 4096, 11008, 0, 0),
+         ("moe/d:4096/dh:11008/N:8/k:2", 4096, 11008 // 8, 8, 2),
+         ("moe/d:4096/dh:11008/N:16/k:4", 4096, 11008 // 16, 16, 4),
+         ("moe/d:4096/m:14336/N:8/k:2", 4096, 14336, 8, 2)]
+
+
+def ffn(torch, x, gate, up, down):
+    F = torch.nn.functional
+    return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+
+def moe_block(torch, x, router, experts, k, scale):
+    """Hugging Face's MixtralSparseMoeBlock loop (softmax over N, top-k, no renormalisation, as
+    moe's MoEConfig{k}), times moe's default N/k scale, formula (6)."""
+    logits = torch.nn.functional.linear(x, router)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)
+    weights, selected = torch.topk(probs, k, dim=-1)
+    out = torch.zeros_like(x)
+    mask = torch.nn.functional.one_hot(selected, num_classes=len(experts)).permute(2, 1, 0)
+    for e, (gate, up, down) in enumerate(experts):
+        slot, tokens = torch.where(mask[e])
+        if tokens.numel() == 0:
+            continue
+        y = ffn(torch, x[tokens], gate, up, down) * weights[tokens, slot, None]
+        out.index_add_(0, tokens, y)
+    return out * scale
+
+
+def time_call(fn, repetitions, min_seconds=0.2):
+    """Median over `repetitions` of the mean time of one call (ms), each repetition at least
+    min_seconds long, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repetitions):
+        n, start = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        times.append(elapsed / n * 1e3)
+    return statistics.median(times)
+
+
+def moe_bench_medians(path):
+    with open(path) as f:
+        data = json.load(f)
+    return {b["run_name"]: b["real_time"] for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repetitions", type=int, default=5)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--moe-bench-json", help="moe_bench --benchmark_out file to set beside")
+    ap.add_argument("--filter", default="", help="regex on the benchmark name")
+    args = ap.parse_args()
+
+    import torch  # after the environment is set
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    ours = moe_bench_medians(args.moe_bench_json) if args.moe_bench_json else {}
+    suffix = "" if args.dtype == "float32" else "/w:bf16"
+
+    print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.dtype}, medians of "
+          f"{args.repetitions} repetitions; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+          f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}\n")
+    print("| benchmark | PyTorch ms | moe ms | PyTorch / moe |")
+    print("|---|---|---|---|")
+    for name, d, m, n, k in CASES:
+        if not any(re.search(args.filter, f"{name}/T:{t}") for t in TOKENS):
+            continue
+
+        def rand(*shape):  # uniform, sd 0.02 (as moe_bench)
+            return ((torch.rand(*shape) * 2 - 1) * (0.02 * math.sqrt(3))).to(dtype)
+
+        with torch.no_grad():
+            if n == 0:
+                weights = (rand(m, d), rand(m, d), rand(d, m))
+            else:
+                experts = [(rand(m, d), rand(m, d), rand(d, m)) for _ in range(n)]
+                router = (torch.randn(n, d) / math.sqrt(d)).to(dtype)
+            for t in TOKENS:
+                full = f"{name}/T:{t}"
+                if not re.search(args.filter, full):
+                    continue
+                x = ((torch.rand(t, d) * 2 - 1) * math.sqrt(3)).to(dtype)
+                if n == 0:
+                    ms = time_call(lambda: ffn(torch, x, *weights), args.repetitions)
+                else:
+                    ms = time_call(lambda: moe_block(torch, x, router, experts, k, n / k), args.repetitions)
+                mine = ours.get(full + suffix)
+                mine_s = f"{mine:.2f}" if mine else "-"
+                ratio = f"{ms / mine:.2f}" if mine else "-"
+                print(f"| {full} | {ms:.2f} | {mine_s} | {ratio} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

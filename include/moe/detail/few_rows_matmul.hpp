@@ -1,0 +1,94 @@
+// moe — out = X·W for a few token rows, W given by its contiguous columns: the decode-time product.
+//
+// Hugging Face stores a projection as [out, in]: each output column's weights are `in` contiguous
+// values. For a handful of token rows the cost is reading those weights once, so this kernel walks
+// a tile of weight columns in step, and every token row of the tile uses each weight vector while it
+// is in registers: the weights stream from memory once per call, with no packing. Weights may be
+// float, bfloat16 or IEEE half; they are widened to float exactly and every product is accumulated
+// in float (fused multiply-add), so a bf16/half call gives bitwise the result of the float call on
+// the widened weights.
+//
+// Determinism: out(r, j) is a function of row r of X and column j of W only — lanes of L partial
+// sums over k ≡ lane (mod L), in k order, then one fixed reduction of the L lanes — never of the
+// tile, the number of rows or columns, or the thread that runs it. (L is 16 with AVX-512, 8
+// otherwise: results differ between machines of different ISA, never between runs on one.)
+#pragma once
+
+#include <type_traits>
+
+#include "moe/detail/float_lanes.hpp"
+#include "moe/types.hpp"
+
+namespace moe::detail {
+
+/// One R x C tile: out(r, c) = Σ_k x[r·ldx + k] · w[c·ldw + k], k < depth.
+template <int R, int C, class W>
+void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth, float* out,
+                   Index out_row_stride, Index out_col_stride) {
+  constexpr Index L = FloatLanes::kWidth;
+  FloatLanes acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = FloatLanes::zero();
+  const Index full = depth / L * L;
+  for (Index k = 0; k < full; k += L) {
+    FloatLanes wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = FloatLanes::load(w + c * ldw + k);
+    for (int r = 0; r < R; ++r) {
+      const FloatLanes xv = FloatLanes::load(x + r * ldx + k);
+      for (int c = 0; c < C; ++c) acc[r][c].fma(xv, wv[c]);
+    }
+  }
+  if (full < depth) {
+    FloatLanes wv[C];
+    for (int c = 0; c < C; ++c) wv[c] = load_tail(w + c * ldw + full, depth - full);
+    for (int r = 0; r < R; ++r) {
+      const FloatLanes xv = load_tail(x + r * ldx + full, depth - full);
+      for (int c = 0; c < C; ++c) acc[r][c].fma(xv, wv[c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r * out_row_stride + c * out_col_stride] = acc[r][c].sum();
+}
+
+/// All rows against C columns: tiles of 3 rows (3 x 8 = 24 sums in registers), then the rest.
+template <int C, class W>
+void few_rows_columns(const float* x, Index ldx, Index rows, const W* w, Index ldw, Index depth, float* out,
+                      Index out_row_stride, Index out_col_stride) {
+  Index r = 0;
+  for (; r + 3 <= rows; r += 3)
+    few_rows_tile<3, C>(x + r * ldx, ldx, w, ldw, depth, out + r * out_row_stride, out_row_stride,
+                        out_col_stride);
+  if (rows - r == 2)
+    few_rows_tile<2, C>(x + r * ldx, ldx, w, ldw, depth, out + r * out_row_stride, out_row_stride,
+                        out_col_stride);
+  else if (rows - r == 1)
+    few_rows_tile<1, C>(x + r * ldx, ldx, w, ldw, depth, out + r * out_row_stride, out_row_stride,
+                        out_col_stride);
+}
+
+/// out(r, j) = Σ_k x(r, k) · W(k, j) for r < rows, j < cols, k < depth.
+/// x: row r at x + r·ldx; W: column j at w + j·ldw (depth contiguous values, float / bf16 / half);
+/// out(r, j) at out + r·out_row_stride + j·out_col_stride.
+template <class W>
+void few_rows_matmul(const float* x, Index ldx, Index rows, const W* w, Index ldw, Index depth, Index cols,
+                     float* out, Index out_row_stride, Index out_col_stride) {
+  static_assert(
+      std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
+      "few_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
+  // 8 weight columns in flight: 8 memory streams keep the prefetchers busy (4 reached ~0.65 of
+  // the read bandwidth at 2-4 rows, moe_bench T = 8), and 8 independent sums per row hide the FMA
+  // latency. Tiles of up to 3 rows x 8 columns (24 sums) for more rows; 4 columns, then 1, for
+  // the last columns.
+  Index j = 0;
+  for (; j + 8 <= cols; j += 8)
+    few_rows_columns<8>(x, ldx, rows, w + j * ldw, ldw, depth, out + j * out_col_stride, out_row_stride,
+                        out_col_stride);
+  for (; j + 4 <= cols; j += 4)
+    few_rows_columns<4>(x, ldx, rows, w + j * ldw, ldw, depth, out + j * out_col_stride, out_row_stride,
+                        out_col_stride);
+  for (; j < cols; ++j)
+    few_rows_columns<1>(x, ldx, rows, w + j * ldw, ldw, depth, out + j * out_col_stride, out_row_stride,
+                        out_col_stride);
+}
+
+}  // namespace moe::detail

@@ -1,0 +1,151 @@
+// The float matmul kernels behind the FFN (few_rows_matmul: decode; many_rows_matmul: prefill),
+// against a double-precision reference, for float, bfloat16 and half weights.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <moe/detail/few_rows_matmul.hpp>
+#include <moe/detail/many_rows_matmul.hpp>
+#include <moe/detail/rng.hpp>
+#include <vector>
+
+using namespace moe;
+using moe::detail::FloatLanes;
+
+namespace {
+
+/// x: rows x depth (row r at x + r·depth), W: depth x cols (column j at w + j·depth), values
+/// N(0, 1); weights stored as W (rounded when W is bf16 / half).
+template <class W>
+struct Problem {
+  Index rows, depth, cols;
+  std::vector<float> x;
+  std::vector<W> w;
+
+  Problem(Index r, Index k, Index c, std::uint64_t seed) : rows(r), depth(k), cols(c) {
+    detail::SplitMix64 rng(seed);
+    for (Index i = 0; i < r * k; ++i) x.push_back(static_cast<float>(rng.normal()));
+    for (Index i = 0; i < k * c; ++i) w.push_back(W(static_cast<float>(rng.normal())));
+  }
+  double exact(Index r, Index j) const {
+    double s = 0;
+    for (Index k = 0; k < depth; ++k) s += double(x[r * depth + k]) * detail::widen(w[j * depth + k]);
+    return s;
+  }
+  /// Float accumulation of `depth` products: |error| <= (depth + log2 L + 1)·u·Σ|x_k·w_k| (the
+  /// sequential-sum bound, u = 2^-24, with room for the final lane reduction).
+  double bound(Index r, Index j) const {
+    double s = 0;
+    for (Index k = 0; k < depth; ++k)
+      s += std::abs(double(x[r * depth + k]) * detail::widen(w[j * depth + k]));
+    return (double(depth) + 6) * std::ldexp(1.0, -24) * s;
+  }
+  /// The many-rows kernel's operand: A(r, k) at a[k·ld + r], rows padded with zeros.
+  std::vector<float> token_minor(Index ld) const {
+    std::vector<float> a(static_cast<std::size_t>(ld * depth), 0.0f);
+    for (Index r = 0; r < rows; ++r)
+      for (Index k = 0; k < depth; ++k)
+        a[static_cast<std::size_t>(k * ld + r)] = x[static_cast<std::size_t>(r * depth + k)];
+    return a;
+  }
+};
+
+/// Runs both kernels on p; out(r, j) row-major for the few-rows kernel, column-major (ld padded)
+/// for the many-rows kernel.
+template <class W>
+void run_both(const Problem<W>& p, std::vector<float>& few, std::vector<float>& many, Index& ld) {
+  few.assign(static_cast<std::size_t>(p.rows * p.cols), NAN);
+  detail::few_rows_matmul(p.x.data(), p.depth, p.rows, p.w.data(), p.depth, p.depth, p.cols, few.data(),
+                          p.cols, 1);
+  ld = detail::padded_rows(p.rows) + 16;  // a leading dimension larger than needed
+  const std::vector<float> a = p.token_minor(ld);
+  many.assign(static_cast<std::size_t>(ld * p.cols), NAN);
+  detail::many_rows_matmul(a.data(), ld, p.rows, p.w.data(), p.depth, p.depth, p.cols, many.data(), ld);
+}
+
+template <class W>
+void check_against_reference() {
+  // depth: below one vector, tails of a vector, several depth blocks of 256 with a tail; rows:
+  // 1..4 (few-rows tiles), 17 and 40 (one and two token panels plus padding); cols: not multiples
+  // of the kernels' column tiles.
+  for (Index depth : {1, 7, 16, 17, 300, 513})
+    for (Index rows : {1, 2, 3, 4, 5, 17, 40})
+      for (Index cols : {1, 5, 13, 27}) {
+        const Problem<W> p(rows, depth, cols, static_cast<std::uint64_t>(depth * 1000 + rows * 10 + cols));
+        std::vector<float> few, many;
+        Index ld = 0;
+        run_both(p, few, many, ld);
+        double worst_few = 0, worst_many = 0;  // error / bound
+        for (Index r = 0; r < rows; ++r)
+          for (Index j = 0; j < cols; ++j) {
+            const double e = p.exact(r, j), b = p.bound(r, j) + 1e-30;
+            worst_few = std::max(worst_few, std::abs(few[static_cast<std::size_t>(r * cols + j)] - e) / b);
+            worst_many = std::max(worst_many, std::abs(many[static_cast<std::size_t>(j * ld + r)] - e) / b);
+          }
+        INFO("rows=" << rows << " depth=" << depth << " cols=" << cols);
+        CHECK(worst_few <= 1.0);  // NaN (an unwritten output) fails too
+        CHECK(worst_many <= 1.0);
+      }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("Matmul kernels agree with a double reference within the float summation bound",
+                   "[kernels]", float, Eigen::bfloat16, Eigen::half) {
+  check_against_reference<TestType>();
+}
+
+TEMPLATE_TEST_CASE("bf16 / half weights give bitwise the float result on the widened weights", "[kernels]",
+                   Eigen::bfloat16, Eigen::half) {
+  // The kernels widen exactly and then run the float code path: same products, same order.
+  for (Index rows : {1, 3, 20}) {
+    const Problem<TestType> p(rows, 531, 29, 77 + static_cast<std::uint64_t>(rows));
+    Problem<float> pf(rows, 531, 29, 0);
+    pf.x = p.x;
+    pf.w.clear();
+    for (TestType v : p.w) pf.w.push_back(detail::widen(v));
+    std::vector<float> few, many, few_f, many_f;
+    Index ld = 0, ld_f = 0;
+    run_both(p, few, many, ld);
+    run_both(pf, few_f, many_f, ld_f);
+    CHECK(few == few_f);
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < 29; ++j)
+        CHECK(many[static_cast<std::size_t>(j * ld + r)] == many_f[static_cast<std::size_t>(j * ld_f + r)]);
+  }
+}
+
+TEST_CASE("A token's result does not depend on the other rows of the call (kernel level)", "[kernels]") {
+  // Each output is a function of its own row and column only: tiles, panels and padding change
+  // which instructions run, never the order of a sum.
+  const Problem<float> p(37, 700, 31, 5);
+  std::vector<float> few, many;
+  Index ld = 0;
+  run_both(p, few, many, ld);
+  std::vector<float> few4(static_cast<std::size_t>(4 * p.cols));  // 4 rows: a tile of 3, then 1
+  detail::few_rows_matmul(p.x.data(), p.depth, 4, p.w.data(), p.depth, p.depth, p.cols, few4.data(), p.cols,
+                          1);
+  for (Index r : {0, 3, 17, 36}) {
+    Problem<float> one = p;
+    one.rows = 1;
+    one.x.assign(p.x.begin() + r * p.depth, p.x.begin() + (r + 1) * p.depth);
+    std::vector<float> few1, many1;
+    Index ld1 = 0;
+    run_both(one, few1, many1, ld1);
+    for (Index j = 0; j < p.cols; ++j) {
+      CHECK(many1[static_cast<std::size_t>(j * ld1)] == many[static_cast<std::size_t>(j * ld + r)]);
+      if (r < 4) CHECK(few1[static_cast<std::size_t>(j)] == few4[static_cast<std::size_t>(r * p.cols + j)]);
+    }
+  }
+}
+
+TEST_CASE("FloatLanes sums lanes in a fixed tree", "[kernels]") {
+  float v[FloatLanes::kWidth];
+  for (int i = 0; i < FloatLanes::kWidth; ++i) v[i] = static_cast<float>(i + 1);
+  CHECK(FloatLanes::load(v).sum() == FloatLanes::kWidth * (FloatLanes::kWidth + 1) / 2);
+  // 1e8 + 1 - 1e8 ... in a tree: lane i pairs with lane i + L/2 first.
+  for (float& x : v) x = 0.0f;
+  v[0] = 1e8f;
+  v[FloatLanes::kWidth / 2] = -1e8f;
+  v[1] = 1.0f;
+  CHECK(FloatLanes::load(v).sum() == 1.0f);
+}
