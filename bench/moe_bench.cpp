@@ -9,6 +9,7 @@
 //   moe/d:D/dh:H/N:N/k:K/T:T          MoELayer::forward: router, dispatch, routed experts, combine
 //   moe/d:D/m:M/N:N/k:K/T:T           the same with N experts of width M (Mixtral)
 //   moe_all_experts/...               the NumPy reference's way: every expert on every token
+//   .../w:bf16                        dense and N = 8 MoE with bfloat16 weights (float math)
 // All use one ThreadPool of every core. Counters: bytes_per_second = bytes of the weights the
 // call read (the experts it touched) per second; FLOP/s = 2·3·d·m per (token, expert) pair.
 //
@@ -23,6 +24,7 @@
 #include <moe/moe.hpp>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 using namespace moe;
@@ -60,29 +62,42 @@ FfnWeights<float> random_ffn(Index d, Index m, std::uint64_t seed) {
           random_matrix(m, d, 0.02, seed + 2)};
 }
 
-/// The dense FFN of width dh (made once per shape, on first use).
-const FfnWeights<float>& dense(Index d, Index dh) {
-  static std::map<std::pair<Index, Index>, std::unique_ptr<FfnWeights<float>>> cache;
+/// The dense FFN of width dh, weights stored as W (made once per shape, on first use).
+template <class W = float>
+const FfnWeights<W>& dense(Index d, Index dh) {
+  static std::map<std::pair<Index, Index>, std::unique_ptr<FfnWeights<W>>> cache;
   auto& w = cache[{d, dh}];
-  if (!w) w = std::make_unique<FfnWeights<float>>(random_ffn(d, dh, 1));
+  if (!w) {
+    if constexpr (std::is_same_v<W, float>)
+      w = std::make_unique<FfnWeights<W>>(random_ffn(d, dh, 1));
+    else
+      w = std::make_unique<FfnWeights<W>>(convert_weights<W>(dense<float>(d, dh).view()));
+  }
   return *w;
 }
 
 /// A MoE layer: `sliced` — the dense FFN of width m split into n experts of m/n neurons (LLaMA-MoE);
 /// otherwise n independent experts of width m (Mixtral). Router N(0, 1/d): balanced routing on
-/// random inputs, as a trained router aims for.
-const MoELayer<float>& layer(Index d, Index m, int n, int k, bool sliced) {
-  static std::map<std::tuple<Index, Index, int, int, bool>, std::unique_ptr<MoELayer<float>>> cache;
+/// random inputs, as a trained router aims for. Expert weights stored as W.
+template <class W = float>
+const MoELayer<float, W>& layer(Index d, Index m, int n, int k, bool sliced) {
+  static std::map<std::tuple<Index, Index, int, int, bool>, std::unique_ptr<MoELayer<float, W>>> cache;
   auto& l = cache[{d, m, n, k, sliced}];
   if (!l) {
-    std::vector<FfnWeights<float>> experts;
-    if (sliced) {
-      experts = slice_experts(dense(d, m).view(), ExpertPartition::independent_random(m, n, 42));
+    std::vector<FfnWeights<W>> experts;
+    if constexpr (std::is_same_v<W, float>) {
+      if (sliced) {
+        experts = slice_experts(dense(d, m).view(), ExpertPartition::independent_random(m, n, 42));
+      } else {
+        for (int e = 0; e < n; ++e)
+          experts.push_back(random_ffn(d, m, 10 + 3 * static_cast<std::uint64_t>(e)));
+      }
     } else {
-      for (int e = 0; e < n; ++e) experts.push_back(random_ffn(d, m, 10 + 3 * static_cast<std::uint64_t>(e)));
+      const MoELayer<float>& f32 = layer<float>(d, m, n, k, sliced);
+      for (int e = 0; e < n; ++e) experts.push_back(convert_weights<W>(f32.expert(e)));
     }
-    l = std::make_unique<MoELayer<float>>(std::move(experts),
-                                          random_matrix(d, n, 1.0 / std::sqrt(double(d)), 7), MoEConfig{k});
+    l = std::make_unique<MoELayer<float, W>>(
+        std::move(experts), random_matrix(d, n, 1.0 / std::sqrt(double(d)), 7), MoEConfig{k});
   }
   return *l;
 }
@@ -116,11 +131,12 @@ void bm_stream_read(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<std::int64_t>(kFloats * sizeof(float)) * state.iterations());
 }
 
+template <class W>
 void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens) {
   const auto x = input(tokens, d);
   RowMatrix<float> y(tokens, d);
   FfnWorkspace<float> ws;
-  const FfnWeightsView<float> w = dense(d, dh).view();
+  const FfnWeightsView<W> w = dense<W>(d, dh).view();
   ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: workspace touched
   for (auto _ : state) {
     ffn_forward<float>(w, x, y, ws, &pool());
@@ -128,11 +144,12 @@ void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens) {
     benchmark::ClobberMemory();
   }
   set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
-               3.0 * double(d) * double(dh) * sizeof(float));
+               3.0 * double(d) * double(dh) * sizeof(W));
 }
 
+template <class W>
 void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced, Index tokens) {
-  const MoELayer<float>& l = layer(d, m, n, k, sliced);
+  const MoELayer<float, W>& l = layer<W>(d, m, n, k, sliced);
   const auto x = input(tokens, d);
   RowMatrix<float> y(tokens, d);
   MoEWorkspace<float> ws;
@@ -143,7 +160,7 @@ void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced
   int touched = 0;
   for (int e = 0; e < n; ++e)
     if (rec.tokens_per_expert[static_cast<std::size_t>(e)] > 0) {
-      touched_bytes += 3.0 * double(d) * double(l.expert(e).hidden_dim()) * sizeof(float);
+      touched_bytes += 3.0 * double(d) * double(l.expert(e).hidden_dim()) * sizeof(W);
       ++touched;
     }
   const double expert_m = double(l.expert(0).hidden_dim());
@@ -197,13 +214,19 @@ int main(int argc, char** argv) {
   const auto s = [](auto v) { return std::to_string(v); };
   for (Index t : kTokens) {
     const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
-    add("dense/" + llama + ts, bm_dense, d, dh, t);
+    add("dense/" + llama + ts, bm_dense<float>, d, dh, t);
     for (auto [n, k] : {std::pair<int, int>{8, 2}, {16, 4}}) {
       const std::string nk = "/N:" + s(n) + "/k:" + s(k);
-      add("moe/" + llama + nk + ts, bm_moe, d, dh, n, k, true, t);
+      add("moe/" + llama + nk + ts, bm_moe<float>, d, dh, n, k, true, t);
       add("moe_all_experts/" + llama + nk + ts, bm_all_experts, d, dh, n, k, t);
     }
-    add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe, d, mixtral_m, 8, 2, false, t);
+    add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe<float>, d, mixtral_m, 8, 2, false,
+        t);
+  }
+  for (Index t : kTokens) {  // the same with bf16 weights (float activations, float accumulation)
+    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
+    add("dense/" + llama + ts + "/w:bf16", bm_dense<Eigen::bfloat16>, d, dh, t);
+    add("moe/" + llama + "/N:8/k:2" + ts + "/w:bf16", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t);
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
   benchmark::RunSpecifiedBenchmarks();

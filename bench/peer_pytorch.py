@@ -9,12 +9,13 @@ and prints a Markdown table of medians next to moe_bench's medians (from its JSO
 
 Needs Debian's python3-torch; PyTorch's float32 matmul goes through the system BLAS, so install
 OpenBLAS too (libopenblas0-pthread), else Debian's reference BLAS makes PyTorch ~10x slower.
-PyTorch's defaults are slow on this machine class; this script sets, unless already set,
-OMP_WAIT_POLICY=PASSIVE and OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels
-on Zen 5), the tuning the issue's peer figures were measured with.
+PyTorch's defaults are slow on this machine class; this script sets OMP_WAIT_POLICY=PASSIVE and
+OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels on Zen 5; --openblas-coretype
+changes it, "" leaves the environment's), the tuning the issue's peer figures were measured with.
 
 usage: bench/peer_pytorch.py [--threads 2] [--repetitions 5] [--dtype float32|bfloat16]
                              [--moe-bench-json bench.json] [--filter REGEX]
+                             [--openblas-coretype SkylakeX]
 """
 import argparse
 import json
@@ -25,8 +26,7 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
+
 
 TOKENS = (1, 8, 64, 512)
 # (name as moe_bench writes it, d, width of one expert's hidden layer or dense d_h, N, k)
@@ -78,7 +78,8 @@ def time_call(fn, repetitions, min_seconds=0.2):
 def moe_bench_medians(path):
     with open(path) as f:
         data = json.load(f)
-    return {b["run_name"]: b["real_time"] for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
+    return {b["run_name"].removesuffix("/real_time"): b["real_time"]
+            for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
 
 
 def main():
@@ -88,7 +89,11 @@ def main():
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--moe-bench-json", help="moe_bench --benchmark_out file to set beside")
     ap.add_argument("--filter", default="", help="regex on the benchmark name")
+    ap.add_argument("--openblas-coretype", default="SkylakeX", help='OpenBLAS kernels; "" keeps the environment')
     args = ap.parse_args()
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
 
     import torch  # after the environment is set
     torch.set_num_threads(args.threads)
@@ -99,7 +104,7 @@ def main():
 
     print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.dtype}, medians of "
           f"{args.repetitions} repetitions; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
-          f"OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']}\n")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}\n")
     print("| benchmark | PyTorch ms | moe ms | PyTorch / moe |")
     print("|---|---|---|---|")
     for name, d, m, n, k in CASES:

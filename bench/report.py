@@ -19,15 +19,15 @@ def main(path):
     stream = med.get("StreamRead", {}).get("bytes_per_second")
     dense = {}
     for name, b in med.items():
-        m = re.fullmatch(r"dense/d:(\d+)/dh:(\d+)/T:(\d+)", name)
+        m = re.fullmatch(r"dense/d:(\d+)/dh:(\d+)/T:(\d+)(/w:\w+)?", name)
         if m:
-            dense[(int(m.group(1)), int(m.group(2)), int(m.group(3)))] = b
+            dense[(m.group(4) or "", int(m.group(1)), int(m.group(2)), int(m.group(3)))] = b
     rows = []
     for name, b in med.items():
-        m = re.fullmatch(r"moe/d:(\d+)/(dh|m):(\d+)/N:(\d+)/k:(\d+)/T:(\d+)", name)
+        m = re.fullmatch(r"moe/d:(\d+)/(dh|m):(\d+)/N:(\d+)/k:(\d+)/T:(\d+)(/w:\w+)?", name)
         if m:
             d, kind, width, n, k, t = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)), int(m.group(5)), int(m.group(6))
-            rows.append((kind == "m", d, width, n, k, t, name, b))
+            rows.append((m.group(7) or "", kind == "m", d, width, n, k, t, name, b))
     rows.sort()
 
     ctx = data["context"]
@@ -42,9 +42,9 @@ def main(path):
     def frac(x, ref):
         return f" ({x / ref:.2f})" if ref else ""
 
-    for mixtral, d, width, n, k, t, name, b in rows:
-        shape = f"{'Mixtral m' if mixtral else 'LLaMA d_h'}={width} N={n} k={k}"
-        db = None if mixtral else dense.get((d, width, t))
+    for wt, mixtral, d, width, n, k, t, name, b in rows:
+        shape = f"{'Mixtral m' if mixtral else 'LLaMA d_h'}={width} N={n} k={k} {wt[3:] or 'f32'}"
+        db = None if mixtral else dense.get((wt, d, width, t))
         every = med.get(name.replace("moe/", "moe_all_experts/", 1))
         gbs = b["bytes_per_second"] / 1e9
         gflops = b["FLOP/s"] / 1e9
@@ -56,9 +56,9 @@ def main(path):
     dense_rows = sorted(dense.items())
     if dense_rows:
         print("\nDense FFN alone: " + "; ".join(
-            f"T={t}: {b['real_time']:.2f} ms, {b['bytes_per_second'] / 1e9:.1f} GB/s"
+            f"{wt[3:] or 'f32'} T={t}: {b['real_time']:.2f} ms, {b['bytes_per_second'] / 1e9:.1f} GB/s"
             + (f" ({b['bytes_per_second'] / stream:.2f} of StreamRead)" if stream and t == 1 else "")
-            + f", {b['FLOP/s'] / 1e9:.0f} GFLOP/s" for (d, dh, t), b in dense_rows))
+            + f", {b['FLOP/s'] / 1e9:.0f} GFLOP/s" for (wt, d, dh, t), b in dense_rows))
 
 
 if __name__ == "__main__":

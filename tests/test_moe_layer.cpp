@@ -215,3 +215,49 @@ TEST_CASE("A copied MoELayer owns its experts; a moved one keeps working", "[moe
   moved.forward(x, y, ws);
   CHECK(testutil::bitwise_equal(y, expect));
 }
+
+TEMPLATE_TEST_CASE(
+    "bf16 / half experts: bitwise the float layer on the rounded weights, near the float layer",
+    "[moe_layer][low_precision]", Eigen::bfloat16, Eigen::half) {
+  using W = TestType;
+  Fixture<float> f(300, 1100, 8, 21);  // several column and depth blocks per expert
+  const MoEConfig cfg{2, TopKWeights::kSoftmax, std::nullopt};
+  const auto experts = slice_experts(f.dense(), f.partition);
+  std::vector<FfnWeights<W>> low;
+  std::vector<FfnWeights<float>> rounded;  // the same rounded weights, stored as float
+  for (const auto& e : experts) {
+    low.push_back(convert_weights<W>(e.view()));
+    rounded.push_back(convert_weights<float>(low.back().view()));
+  }
+  const MoELayer<float, W> layer_low(low, f.router, cfg);
+  const MoELayer<float> layer_rounded(rounded, f.router, cfg), layer_f32(experts, f.router, cfg);
+  // Unit roundoff of the storage format: 2^-9 (bf16, 8 significand bits), 2^-11 (half, 11).
+  const double u = std::is_same_v<W, Eigen::bfloat16> ? std::ldexp(1.0, -9) : std::ldexp(1.0, -11);
+  ThreadPool pool(2);
+  for (Index tokens : {1, 3, 7, 64, 200}) {  // the few-rows and the many-rows kernels
+    const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 9);
+    RowMatrix<float> y_low(tokens, 300), y_rounded(tokens, 300), y_f32(tokens, 300);
+    MoEWorkspace<float> ws;
+    layer_low.forward(x, y_low, ws, &pool);
+    layer_rounded.forward(x, y_rounded, ws, &pool);
+    layer_f32.forward(x, y_f32, ws);
+    INFO("tokens=" << tokens);
+    // Widening is exact and the kernels run the same float operations in the same order.
+    CHECK(testutil::bitwise_equal(y_low, y_rounded));
+    // Against the float weights: each of the three projections sees weights perturbed by at most
+    // u relatively; with random signs the output moves by ~u·sqrt(3) relatively (measured
+    // 0.5-1.6 u here). 4u fails on a wrong widening (e.g. bf16 bits read as half: errors ~1).
+    CHECK(testutil::rel_err(y_low, y_f32) < 4 * u);
+  }
+  // The dense path (ffn_forward) takes the same weight types.
+  const auto dense_low = convert_weights<W>(f.dense());
+  const auto dense_rounded = convert_weights<float>(dense_low.view());
+  for (Index tokens : {2, 40}) {
+    const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 10);
+    RowMatrix<float> a(tokens, 300), b(tokens, 300);
+    FfnWorkspace<float> ws;
+    ffn_forward<float>(dense_low.view(), x, a, ws, &pool);
+    ffn_forward<float>(dense_rounded.view(), x, b, ws);
+    CHECK(testutil::bitwise_equal(a, b));
+  }
+}

@@ -81,6 +81,22 @@ struct FfnWeights {
   }
 };
 
+/// The same FFN with every weight and bias rounded to W (round to nearest, ties to even): e.g.
+/// Eigen::bfloat16 or Eigen::half experts, run with float activations at half the bytes per call.
+template <class W, class T>
+FfnWeights<W> convert_weights(const FfnWeightsView<T>& w) {
+  FfnWeights<W> out{w.gate.template cast<W>(), w.up.template cast<W>(), w.down.template cast<W>()};
+  const auto bias = [](const T* b, Index n) {
+    Eigen::Matrix<W, Eigen::Dynamic, 1> v;
+    if (b) v = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(b, n).template cast<W>();
+    return v;
+  };
+  out.gate_bias = bias(w.gate_bias, w.hidden_dim());
+  out.up_bias = bias(w.up_bias, w.hidden_dim());
+  out.down_bias = bias(w.down_bias, w.model_dim());
+  return out;
+}
+
 namespace detail {
 
 /// Column width of one task. Work is cut into (matrix, column block) tasks of this fixed width,
@@ -172,12 +188,13 @@ Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>, 0, Eigen::InnerStride<>> s
 
 /// h(:, c) = act(g(:, c) + gate_bias[c0 + c], h(:, c) + up_bias[c0 + c]) over a block, one loop
 /// per activation so the switch is outside the element loop.
-template <class T, class G, class H>
-void apply_glu_block(const GluActivation& act, const T* gate_bias, const T* up_bias, Index c0, G& g, H& h) {
+template <class B, class G, class H>
+void apply_glu_block(const GluActivation& act, const B* gate_bias, const B* up_bias, Index c0, G& g, H& h) {
+  using T = typename H::Scalar;
   const auto run = [&](auto&& f) {
     for (Index c = 0; c < h.cols(); ++c) {
-      const T gb = gate_bias ? gate_bias[c0 + c] : T(0);
-      const T ub = up_bias ? up_bias[c0 + c] : T(0);
+      const T gb = gate_bias ? static_cast<T>(gate_bias[c0 + c]) : T(0);
+      const T ub = up_bias ? static_cast<T>(up_bias[c0 + c]) : T(0);
       if (gate_bias || up_bias) {
         for (Index r = 0; r < h.rows(); ++r) h(r, c) = f(g(r, c) + gb, h(r, c) + ub);
       } else {
@@ -203,11 +220,20 @@ void apply_glu_block(const GluActivation& act, const T* gate_bias, const T* up_b
   }
 }
 
+/// Activations of type T through weights stored as W: W = T, or float activations through
+/// bfloat16 / half weights (widened exactly by the float kernels).
+template <class T, class W>
+constexpr bool kSupportedWeights = std::is_same_v<T, W> ||
+                                   (std::is_same_v<T, float> &&
+                                    (std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>));
+
 /// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = act(g, x·W_up[:, blk]) (biases
 /// added first when the view has them; SwiGLU: h = (x·W_up) ⊙ Swish(g)).
-template <class T, class X, class G, class H>
-void glu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index block,
+template <class W, class X, class G, class H>
+void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index block,
                       const GluActivation& act = {}) {
+  using T = typename H::Scalar;
+  static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
   const Index width = std::min(kColumnBlock, w.hidden_dim() - c0);
   auto gb = g.middleCols(c0, width);
@@ -242,8 +268,10 @@ void glu_hidden_block(const FfnWeightsView<T>& w, const X& x, G& g, H& h, Index 
 }
 
 /// Columns [b*kColumnBlock, ...) of y = h·W_down.
-template <class T, class H, class Y>
-void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) {
+template <class W, class H, class Y>
+void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block) {
+  using T = typename Y::Scalar;
+  static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
   const Index width = std::min(kColumnBlock, w.model_dim() - c0);
   if constexpr (std::is_same_v<T, float>) {
@@ -260,7 +288,7 @@ void down_proj_block(const FfnWeightsView<T>& w, const H& h, Y& y, Index block) 
     y.middleCols(c0, width).noalias() = h * w.down.middleCols(c0, width);
   }
   if (w.down_bias)
-    for (Index j = 0; j < width; ++j) y.col(c0 + j).array() += w.down_bias[c0 + j];
+    for (Index j = 0; j < width; ++j) y.col(c0 + j).array() += static_cast<T>(w.down_bias[c0 + j]);
 }
 
 }  // namespace detail
@@ -290,8 +318,8 @@ class FfnWorkspace {
   }
 
  private:
-  template <class U>
-  friend void ffn_forward(const FfnWeightsView<U>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
+  template <class U, class W>
+  friend void ffn_forward(const FfnWeightsView<W>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
                           ThreadPool*, const GluActivation&);
   static void grow(std::vector<T>& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
@@ -304,11 +332,15 @@ class FfnWorkspace {
 ///   y = h·W_down,  h = (x·W_up) ⊙ Swish(x·W_gate),  Swish(z) = z·sigmoid(z).
 /// `act` picks another gated activation (GeGLU, ReGLU, clamped SwiGLU); biases in `w` are added.
 /// x: T x d row-major; y: T x d row-major (written, must not alias x). Accumulates in T.
-/// Work is split in fixed column blocks over `pool` (nullptr: the calling thread only); the
-/// result is bitwise the same for any pool size. After the call, ws.hidden() returns h.
-template <class T>
-void ffn_forward(const FfnWeightsView<T>& w, const ConstRowRef<T>& x, RowRef<T> y, FfnWorkspace<T>& ws,
+/// Weights are stored as T, or, with float activations, as Eigen::bfloat16 or Eigen::half
+/// (convert_weights): widened exactly, every product accumulated in float. Work is split in fixed column
+/// blocks over `pool` (nullptr: the calling thread only); the result is bitwise the same for any pool size.
+/// After the call, ws.hidden() returns h.
+template <class T, class W>
+void ffn_forward(const FfnWeightsView<W>& w, const ConstRowRef<T>& x, RowRef<T> y, FfnWorkspace<T>& ws,
                  ThreadPool* pool = nullptr, const GluActivation& act = {}) {
+  static_assert(detail::kSupportedWeights<T, W>,
+                "ffn_forward: weights as T, or bf16/half with float activations");
   const Index d = w.model_dim(), m = w.hidden_dim(), tokens = x.rows();
   MOE_CHECK(x.cols() == d, "ffn_forward: x has " << x.cols() << " columns, the FFN expects d=" << d);
   MOE_CHECK(y.rows() == tokens && y.cols() == d,

@@ -47,7 +47,7 @@ struct RoutingRecord {
   RoutingStats stats;                    ///< filled by forward() (not by forward_routed)
 };
 
-template <class T>
+template <class T, class W = T>
 class MoELayer;
 
 /// Caller-owned scratch for MoELayer. reserve(layer, T) once and forward() allocates nothing of
@@ -55,15 +55,20 @@ class MoELayer;
 template <class T>
 class MoEWorkspace {
  public:
-  void reserve(const MoELayer<T>& layer, Index tokens) { reserve(layer, tokens, layer.top_k()); }
-  void reserve(const MoELayer<T>& layer, Index tokens, Index k);
+  template <class W>
+  void reserve(const MoELayer<T, W>& layer, Index tokens) {
+    reserve(layer, tokens, layer.top_k());
+  }
+  template <class W>
+  void reserve(const MoELayer<T, W>& layer, Index tokens, Index k);
 
   /// The grouping the last forward used: dispatch().offsets.back() is the number of
   /// (token, expert) rows it computed, always T·k.
   const ExpertDispatch& dispatch() const { return dispatch_; }
 
  private:
-  friend class MoELayer<T>;
+  template <class, class>
+  friend class MoELayer;
   template <class V>
   static void grow(V& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
@@ -87,24 +92,30 @@ class MoEWorkspace {
 /// expert with no tokens costs nothing) → per token, sum over slots in slot order → × scale →
 /// + shared experts. Work is cut into fixed (expert, column block) tasks, so the output is bitwise
 /// identical for any ThreadPool size, including none.
-template <class T>
+/// T: activations, router and shared experts. W: how the routed experts' weights are stored — T,
+/// or with T = float, Eigen::bfloat16 / Eigen::half (convert_weights, ffn.hpp): half the bytes per
+/// token at decode, each weight widened exactly and accumulated in float.
+template <class T, class W>
 class MoELayer {
+  static_assert(detail::kSupportedWeights<T, W>,
+                "MoELayer<T, W>: experts stored as T, or as Eigen::bfloat16 / Eigen::half with T = float");
+
  public:
   using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 
   /// Owns the experts. router: d x N (HF gate.weight [N, d] as stored); may be empty (0x0) for a
   /// layer used only through forward_routed().
-  MoELayer(std::vector<FfnWeights<T>> experts, ColMatrix<T> router, MoEConfig config)
+  MoELayer(std::vector<FfnWeights<W>> experts, ColMatrix<T> router, MoEConfig config)
       : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), config) {}
-  MoELayer(std::vector<FfnWeights<T>> experts, RouterGate<T> gate, MoEConfig config)
+  MoELayer(std::vector<FfnWeights<W>> experts, RouterGate<T> gate, MoEConfig config)
       : owned_(std::move(experts)), gate_(std::move(gate)), config_(config) {
     for (const auto& e : owned_) experts_.push_back(e.view());
     validate();
   }
   /// Views: the caller keeps the expert weights alive (e.g. a memory-mapped checkpoint).
-  MoELayer(std::vector<FfnWeightsView<T>> experts, ColMatrix<T> router, MoEConfig config)
+  MoELayer(std::vector<FfnWeightsView<W>> experts, ColMatrix<T> router, MoEConfig config)
       : MoELayer(std::move(experts), RouterGate<T>(std::move(router)), config) {}
-  MoELayer(std::vector<FfnWeightsView<T>> experts, RouterGate<T> gate, MoEConfig config)
+  MoELayer(std::vector<FfnWeightsView<W>> experts, RouterGate<T> gate, MoEConfig config)
       : experts_(std::move(experts)), gate_(std::move(gate)), config_(config) {
     validate();
   }
@@ -112,7 +123,7 @@ class MoELayer {
   /// memory; a copy of a view layer views the same memory as the original.
   MoELayer(const MoELayer& o)
       : owned_(o.owned_),
-        experts_(o.owned_.empty() ? o.experts_ : std::vector<FfnWeightsView<T>>{}),
+        experts_(o.owned_.empty() ? o.experts_ : std::vector<FfnWeightsView<W>>{}),
         gate_(o.gate_),
         config_(o.config_),
         shared_(o.shared_),
@@ -146,7 +157,7 @@ class MoELayer {
   double scale(int k) const { return config_.scale ? *config_.scale : default_scale(num_experts(), k); }
   double scale() const { return scale(config_.top_k); }
   Index model_dim() const { return experts_.front().model_dim(); }  ///< d
-  const FfnWeightsView<T>& expert(int e) const { return experts_.at(static_cast<std::size_t>(e)); }
+  const FfnWeightsView<W>& expert(int e) const { return experts_.at(static_cast<std::size_t>(e)); }
   const ColMatrix<T>& router_weight() const { return gate_.weight; }
   const RouterGate<T>& router() const { return gate_; }
   const std::vector<FfnWeights<T>>& shared_experts() const { return shared_; }
@@ -324,8 +335,8 @@ class MoELayer {
               "MoELayer: scale " << *config_.scale << " is not finite");
   }
 
-  std::vector<FfnWeights<T>> owned_;
-  std::vector<FfnWeightsView<T>> experts_;
+  std::vector<FfnWeights<W>> owned_;
+  std::vector<FfnWeightsView<W>> experts_;
   RouterGate<T> gate_;
   MoEConfig config_;
   std::vector<FfnWeights<T>> shared_;
@@ -333,7 +344,8 @@ class MoELayer {
 };
 
 template <class T>
-void MoEWorkspace<T>::reserve(const MoELayer<T>& layer, Index tokens, Index k) {
+template <class W>
+void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k) {
   const int n = layer.num_experts();
   const Index d = layer.model_dim(), pairs = tokens * k;
   Index max_m = 0, blocks = 0;

@@ -21,6 +21,19 @@
 
 namespace moe::detail {
 
+/// How far ahead of each weight stream to prefetch. Past the end of a column this reaches into
+/// the next one, which is where the stream goes next.
+constexpr Index kPrefetchBytes = 1024;
+
+/// A hint only: prefetching an address past the weights cannot fault.
+inline void prefetch(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 /// One R x C tile: out(r, c) = Σ_k x[r·ldx + k] · w[c·ldw + k], k < depth.
 template <int R, int C, class W>
 void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth, float* out,
@@ -32,7 +45,10 @@ void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth
   const Index full = depth / L * L;
   for (Index k = 0; k < full; k += L) {
     FloatLanes wv[C];
-    for (int c = 0; c < C; ++c) wv[c] = FloatLanes::load(w + c * ldw + k);
+    for (int c = 0; c < C; ++c) {
+      prefetch(w + c * ldw + k + kPrefetchBytes / static_cast<Index>(sizeof(W)));
+      wv[c] = FloatLanes::load(w + c * ldw + k);
+    }
     for (int r = 0; r < R; ++r) {
       const FloatLanes xv = FloatLanes::load(x + r * ldx + k);
       for (int c = 0; c < C; ++c) acc[r][c].fma(xv, wv[c]);
