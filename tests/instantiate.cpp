@@ -15,6 +15,8 @@ template struct RoutingRecord<float>;
 template struct RoutingRecord<double>;
 template class MoELayer<float>;
 template class MoELayer<double>;
+template class MoELayer<float, Eigen::bfloat16>;
+template class MoELayer<float, Eigen::half>;
 template class MoEWorkspace<float>;
 template class MoEWorkspace<double>;
 template struct RouterGate<float>;
@@ -31,6 +33,9 @@ template void ffn_forward<float>(const FfnWeightsView<float>&, const ConstRowRef
                                  FfnWorkspace<float>&, ThreadPool*, const GluActivation&);
 template void ffn_forward<double>(const FfnWeightsView<double>&, const ConstRowRef<double>&, RowRef<double>,
                                   FfnWorkspace<double>&, ThreadPool*, const GluActivation&);
+template void ffn_forward<float>(const FfnWeightsView<Eigen::bfloat16>&, const ConstRowRef<float>&,
+                                 RowRef<float>, FfnWorkspace<float>&, ThreadPool*, const GluActivation&);
+template FfnWeights<Eigen::half> convert_weights<Eigen::half>(const FfnWeightsView<float>&);
 template ConstructedPartition independent_clustering<float>(const Eigen::Ref<const ColMatrix<float>>&, int,
                                                             std::uint64_t, int);
 template ConstructedPartition coactivation_partition<float>(const ConstRowRef<float>&, int, std::uint64_t,
