@@ -17,10 +17,10 @@
 #define MOE_HOST_DEVICE
 #endif
 
-// Up to MOE_FEW_ROWS token rows, an expert's GEMMs run as matrix-vector products, one weight
-// column at a time: Eigen's GEMM repacks the weights, which costs more than it saves for a handful
-// of rows. With 4, moe_bench at T = 8 (N=16, k=4) went from 22.6 to 14.4 ms on 2 cores; 16 was no
-// faster at T = 64, where a matrix-vector product re-reads every token row per weight column.
+// Up to MOE_FEW_ROWS token rows per expert (or dense call), float matmuls run few_rows_matmul (each
+// weight read once for all rows); above, many_rows_matmul (a GEMM over 32-row token panels, which
+// half-empty panels make wasteful for a handful of rows). Measured 2026-11-23 (moe_bench, 2 cores
+// AVX-512, N=8 k=2): 4 gave T = 8 in 7.9 ms, 8 gave 10.4; T = 64 was within noise.
 #ifndef MOE_FEW_ROWS
 #define MOE_FEW_ROWS 4
 #endif

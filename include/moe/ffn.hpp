@@ -141,6 +141,9 @@ void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T
   }
 }
 
+/// Rows per gather task (gather_scratch_rows).
+constexpr Index kGatherPanel = 16;
+
 /// Writes token rows into the input layout of with_scratch_layout: dst holds `rows` rows of d
 /// values, row i = src_row(i) (a pointer to d values) times scale(i). Column-major rows are
 /// written in panels of 16 (16 source rows read in step, each destination line written whole),
@@ -148,7 +151,7 @@ void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T
 template <class T, class SrcRow, class Scale>
 void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T* dst, Index first,
                          Index last) {
-  constexpr Index kPanel = 16;
+  constexpr Index kPanel = kGatherPanel;
   if (rows <= kFewRows) {
     for (Index i = first * kPanel; i < std::min(rows, last * kPanel); ++i) {
       const T* s = src_row(i);
@@ -171,10 +174,10 @@ void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T
   }
 }
 
-/// Panels of 16 rows gather_scratch_rows writes for `rows` rows.
+/// Panels of kGatherPanel rows gather_scratch_rows writes for `rows` rows.
 template <class T>
 Index num_gather_panels(Index rows) {
-  return (scratch_rows<T>(rows) + 15) / 16;
+  return (scratch_rows<T>(rows) + kGatherPanel - 1) / kGatherPanel;
 }
 
 /// Row i of a rows x d output written by with_scratch_layout.

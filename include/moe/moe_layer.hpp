@@ -76,7 +76,7 @@ class MoEWorkspace {
   std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
   std::vector<std::int32_t> ids_;
   std::vector<Index> row_offsets_, hidden_offsets_;
-  std::vector<std::pair<int, Index>> tasks_;  // (expert, column block)
+  std::vector<std::pair<int, Index>> tasks_;  // (expert, gather panel or column block)
   ExpertDispatch dispatch_;
   RouterScratch<T> router_scratch_;
   GateScratch<T> gate_scratch_;
@@ -355,7 +355,7 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
   }
   const auto u = [](Index v) { return static_cast<std::size_t>(v); };
   // Each expert's rows are padded to whole vectors (detail::scratch_rows): at most one vector
-  // of padding per expert; gather tasks: its panels of 16 rows.
+  // of padding per expert; gather tasks: at most rows / kGatherPanel + one partial panel per expert.
   const Index rows = pairs + n * detail::kPanelRowQuantum;
   grow(logits_, u(tokens * n));
   grow(ids_, u(pairs));
@@ -366,7 +366,7 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
   grow(h_, u(rows * max_m));
   row_offsets_.reserve(u(n) + 1);
   hidden_offsets_.reserve(u(n) + 1);
-  tasks_.reserve(u(blocks + rows / 16 + n));
+  tasks_.reserve(u(blocks + rows / detail::kGatherPanel + n));
   dispatch_.reserve(pairs, n);
   router_scratch_.reserve(n, static_cast<int>(k));
   const RouterGate<T>& gate = layer.router();

@@ -14,6 +14,7 @@
 // otherwise: results differ between machines of different ISA, never between runs on one.)
 #pragma once
 
+#include <cstdint>
 #include <type_traits>
 
 #include "moe/detail/float_lanes.hpp"
@@ -25,10 +26,14 @@ namespace moe::detail {
 /// the next one, which is where the stream goes next.
 constexpr Index kPrefetchBytes = 1024;
 
-/// A hint only: prefetching an address past the weights cannot fault.
-inline void prefetch(const void* p) {
+/// Prefetches the line kPrefetchBytes after p. A hint only: it cannot fault, and the address is
+/// formed as an integer, so no pointer past the weights' end is ever made.
+inline void prefetch_ahead(const void* p) {
 #if defined(__GNUC__)
-  __builtin_prefetch(p, 0, 3);
+  // The integer-to-pointer cast only feeds a prefetch hint, so the optimisation it blocks does not
+  // apply; pointer arithmetic past the array's end would be undefined behaviour instead.
+  const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(p) + kPrefetchBytes;
+  __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 3);  // NOLINT(performance-no-int-to-ptr)
 #else
   (void)p;
 #endif
@@ -46,7 +51,7 @@ void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth
   for (Index k = 0; k < full; k += L) {
     FloatLanes wv[C];
     for (int c = 0; c < C; ++c) {
-      prefetch(w + c * ldw + k + kPrefetchBytes / static_cast<Index>(sizeof(W)));
+      prefetch_ahead(w + c * ldw + k);
       wv[c] = FloatLanes::load(w + c * ldw + k);
     }
     for (int r = 0; r < R; ++r) {
