@@ -14,29 +14,27 @@
 // otherwise: results differ between machines of different ISA, never between runs on one.)
 #pragma once
 
-#include <cstdint>
 #include <type_traits>
 
 #include "moe/detail/float_lanes.hpp"
+#include "moe/detail/prefetch.hpp"
 #include "moe/types.hpp"
 
 namespace moe::detail {
 
-/// How far ahead of each weight stream to prefetch. Past the end of a column this reaches into
-/// the next one, which is where the stream goes next.
+/// How far ahead of each weight stream to prefetch.
 constexpr Index kPrefetchBytes = 1024;
 
-/// Prefetches the line kPrefetchBytes after p. A hint only: it cannot fault, and the address is
-/// formed as an integer, so no pointer past the weights' end is ever made.
-inline void prefetch_ahead(const void* p) {
-#if defined(__GNUC__)
-  // The integer-to-pointer cast only feeds a prefetch hint, so the optimisation it blocks does not
-  // apply; pointer arithmetic past the array's end would be undefined behaviour instead.
-  const std::uintptr_t ahead = reinterpret_cast<std::uintptr_t>(p) + kPrefetchBytes;
-  __builtin_prefetch(reinterpret_cast<const void*>(ahead), 0, 3);  // NOLINT(performance-no-int-to-ptr)
-#else
-  (void)p;
-#endif
+/// Prefetches column c's weights kPrefetchBytes past element k, for a tile of C columns, each
+/// `depth` values long, column c at w + c·ldw. Past the column's end it prefetches the same
+/// distance into column c + C instead, which the next tile streams: short columns (an expert's
+/// W_down has depth m = 1376) would otherwise start every tile from cold memory (bf16, one thread:
+/// 19 -> 29 GB/s at depth 1376).
+template <int C, class W>
+void prefetch_ahead(const W* w, Index ldw, Index depth, int c, Index k) {
+  const Index o = k + kPrefetchBytes / static_cast<Index>(sizeof(W));
+  const Index element = o < depth ? c * ldw + o : (c + C) * ldw + (o - depth);
+  prefetch_at(w, element * static_cast<Index>(sizeof(W)));
 }
 
 /// One R x C tile: out(r, c) = Σ_k x[r·ldx + k] · w[c·ldw + k], k < depth.
@@ -51,7 +49,7 @@ void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth
   for (Index k = 0; k < full; k += L) {
     FloatLanes wv[C];
     for (int c = 0; c < C; ++c) {
-      prefetch_ahead(w + c * ldw + k);
+      prefetch_ahead<C>(w, ldw, depth, c, k);
       wv[c] = FloatLanes::load(w + c * ldw + k);
     }
     for (int r = 0; r < R; ++r) {

@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "moe/detail/float_lanes.hpp"
+#include "moe/detail/prefetch.hpp"
 #include "moe/types.hpp"
 
 namespace moe::detail {
@@ -40,15 +41,20 @@ constexpr int kPanelCols = 6;  // 12 accumulators of 16 registers (AVX2)
 constexpr Index kDepthBlock = 256;
 
 /// One tile: V vectors of rows x C columns over one depth block of kc. b: column j at b + j·ldb.
-/// first: store the block's sums; otherwise add them to C.
-template <int V, int C>
+/// first: store the block's sums; otherwise add them to C. next (or nullptr): the stored weights
+/// the next panel will read, column j at next + j·ldnext, kc values each, prefetched a line per
+/// column every 64 bytes of k, so they arrive while this tile computes.
+template <int V, int C, class W>
 void many_rows_tile(const float* a, Index lda, const float* b, Index ldb, Index kc, float* c, Index ldc,
-                    bool first) {
+                    bool first, const W* next, Index ldnext) {
   constexpr Index L = FloatLanes::kWidth;
+  constexpr Index kLine = 64 / static_cast<Index>(sizeof(W));
   FloatLanes acc[C][V];
   for (int j = 0; j < C; ++j)
     for (int v = 0; v < V; ++v) acc[j][v] = FloatLanes::zero();
   for (Index k = 0; k < kc; ++k) {
+    if (next && k % kLine == 0)
+      for (int j = 0; j < C; ++j) prefetch_at(next, (j * ldnext + k) * static_cast<Index>(sizeof(W)));
     FloatLanes av[V];
     for (int v = 0; v < V; ++v) av[v] = FloatLanes::load(a + k * lda + v * L);
     for (int j = 0; j < C; ++j) {
@@ -64,23 +70,26 @@ void many_rows_tile(const float* a, Index lda, const float* b, Index ldb, Index 
     }
 }
 
-/// All token panels of one weight panel of C columns.
-template <int C>
+/// All token panels of one weight panel of C columns; the first also prefetches the next panel.
+template <int C, class W>
 void many_rows_panel(const float* a, Index lda, Index rows, const float* b, Index ldb, Index kc, float* c,
-                     Index ldc, bool first) {
+                     Index ldc, bool first, const W* next, Index ldnext) {
   constexpr Index L = FloatLanes::kWidth;
   Index r = 0;
-  for (; r + 2 * L <= rows; r += 2 * L) many_rows_tile<2, C>(a + r, lda, b, ldb, kc, c + r, ldc, first);
-  if (r < rows) many_rows_tile<1, C>(a + r, lda, b, ldb, kc, c + r, ldc, first);
+  for (; r + 2 * L <= rows; r += 2 * L) {
+    many_rows_tile<2, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
+  }
+  if (r < rows)
+    many_rows_tile<1, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
 }
 
 /// The kernel for a column count known at run time (the last panel of a block may be narrow).
-template <int C = kPanelCols>
+template <int C = kPanelCols, class W>
 void many_rows_panel_any(int cols, const float* a, Index lda, Index rows, const float* b, Index ldb, Index kc,
-                         float* c, Index ldc, bool first) {
+                         float* c, Index ldc, bool first, const W* next, Index ldnext) {
   if constexpr (C >= 1) {
-    if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first);
-    many_rows_panel_any<C - 1>(cols, a, lda, rows, b, ldb, kc, c, ldc, first);
+    if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
+    many_rows_panel_any<C - 1>(cols, a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
   }
 }
 
@@ -100,11 +109,17 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
     const Index kc = std::min(kDepthBlock, depth - k0);
     for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
       const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
+      // The weights the next panel reads: the next columns at this depth, else the first columns
+      // of the next depth block. Streaming them in during this panel's FMAs hides the memory
+      // latency where few token rows share each weight (an expert's ~16 rows at T = 64).
+      const W* next = j0 + kPanelCols < cols     ? w + (j0 + kPanelCols) * ldw + k0
+                      : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
+                                                 : nullptr;
       if constexpr (std::is_same_v<W, float>) {
         // Float weights are broadcast from where they are stored: copying the panel measured no
         // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
         many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
-                            k0 == 0);
+                            k0 == 0, next, ldw);
       } else {
         for (int j = 0; j < nc; ++j) {
           const W* src = w + (j0 + j) * ldw + k0;
@@ -114,7 +129,8 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
             FloatLanes::load(src + k).store(dst + k);
           for (; k < kc; ++k) dst[k] = widen(src[k]);
         }
-        many_rows_panel_any(nc, a + k0 * lda, lda, prows, panel, kc, kc, c + j0 * ldc, ldc, k0 == 0);
+        many_rows_panel_any(nc, a + k0 * lda, lda, prows, panel, kc, kc, c + j0 * ldc, ldc, k0 == 0, next,
+                            ldw);
       }
     }
   }
