@@ -233,6 +233,7 @@ TEMPLATE_TEST_CASE(
   const MoELayer<float> layer_rounded(rounded, f.router, cfg), layer_f32(experts, f.router, cfg);
   // Unit roundoff of the storage format: 2^-9 (bf16, 8 significand bits), 2^-11 (half, 11).
   const double u = std::is_same_v<W, Eigen::bfloat16> ? std::ldexp(1.0, -9) : std::ldexp(1.0, -11);
+  constexpr bool kRoundsActivations = std::is_same_v<W, Eigen::bfloat16> && detail::kBf16DotProducts;
   ThreadPool pool(2);
   for (Index tokens : {1, 3, 7, 64, 200}) {  // the few-rows and the many-rows kernels
     const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 9);
@@ -242,12 +243,22 @@ TEMPLATE_TEST_CASE(
     layer_rounded.forward(x, y_rounded, ws, &pool);
     layer_f32.forward(x, y_f32, ws);
     INFO("tokens=" << tokens);
-    // Widening is exact and the kernels run the same float operations in the same order.
-    CHECK(testutil::bitwise_equal(y_low, y_rounded));
+    INFO("measured: vs rounded weights " << testutil::rel_err(y_low, y_rounded) / u << " u, vs float "
+                                         << testutil::rel_err(y_low, y_f32) / u << " u");
+    if (kRoundsActivations) {
+      // The many-rows kernel multiplies bf16-rounded activations (detail::kBf16DotProducts): x and
+      // h move by at most u relatively, the outputs by ~u (max error over all outputs / max |y|,
+      // measured 1.0-2.3 u at 64-200 tokens). The kernel's own test bounds it tightly.
+      CHECK(testutil::rel_err(y_low, y_rounded) < 4 * u);
+    } else {
+      // Widening is exact and the kernels run the same float operations in the same order.
+      CHECK(testutil::bitwise_equal(y_low, y_rounded));
+    }
     // Against the float weights: each of the three projections sees weights perturbed by at most
     // u relatively; with random signs the output moves by ~u·sqrt(3) relatively (measured
-    // 0.5-1.6 u here). 4u fails on a wrong widening (e.g. bf16 bits read as half: errors ~1).
-    CHECK(testutil::rel_err(y_low, y_f32) < 4 * u);
+    // 0.5-1.6 u here; 3.4 u with bf16 activations as well, hence 6u there). Both fail on a wrong
+    // widening (e.g. bf16 bits read as half: errors ~1).
+    CHECK(testutil::rel_err(y_low, y_f32) < (kRoundsActivations ? 6 : 4) * u);
   }
   // The dense path (ffn_forward) takes the same weight types.
   const auto dense_low = convert_weights<W>(f.dense());
@@ -258,6 +269,10 @@ TEMPLATE_TEST_CASE(
     FfnWorkspace<float> ws;
     ffn_forward<float>(dense_low.view(), x, a, ws, &pool);
     ffn_forward<float>(dense_rounded.view(), x, b, ws);
-    CHECK(testutil::bitwise_equal(a, b));
+    INFO("tokens=" << tokens);
+    if (kRoundsActivations && tokens > detail::kFewRows)
+      CHECK(testutil::rel_err(a, b) < 4 * u);
+    else
+      CHECK(testutil::bitwise_equal(a, b));
   }
 }

@@ -25,6 +25,15 @@
 #define MOE_FEW_ROWS 4
 #endif
 
+// With bf16 weights on a CPU with AVX512-BF16 (compiled with e.g. -march=native), the prefill
+// kernel multiplies bf16 pairs (vdpbf16ps, float sums): the activations are rounded to bf16 (round
+// to nearest even) for those products, as PyTorch's and llama.cpp's bf16 paths do, for twice the
+// products per instruction. Define MOE_BF16_DOT 0 to keep every activation in float instead
+// (the result is then bitwise that of float weights holding the same values).
+#ifndef MOE_BF16_DOT
+#define MOE_BF16_DOT 1
+#endif
+
 namespace moe {
 
 /// The one exception type the library throws. The message names the problem (which argument,

@@ -12,14 +12,20 @@
 // Micro-kernel: 2 vectors of token rows (32 with AVX-512) x 12 columns = 24 accumulators; per k,
 // two loads of A and 12 broadcasts of W feed 24 fused multiply-adds.
 //
+// With AVX512-BF16 and bf16 weights (MOE_BF16_DOT, config.hpp), the tile multiplies pairs of k
+// in bf16 instead: A is rounded to bf16 in registers, the weights are broadcast as stored.
+//
 // Determinism: C(r, j) = (((Σ_{k in block 0}) + Σ_{k in block 1}) + ...), each block summed in k
 // order with FMA — a function of row r of A and column j of W only, never of the tiling, the row
 // count or the thread.
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
+#include "moe/config.hpp"
 #include "moe/detail/float_lanes.hpp"
 #include "moe/detail/prefetch.hpp"
 #include "moe/types.hpp"
@@ -70,9 +76,64 @@ void many_rows_tile(const float* a, Index lda, const float* b, Index ldb, Index 
     }
 }
 
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+/// bf16 weights multiply bf16-rounded activations in pairs (MOE_BF16_DOT in config.hpp).
+constexpr bool kBf16DotProducts = true;
+
+/// Token rows k and k + 1 of 16 rows as bf16 pairs: element 2i = row i at k, 2i + 1 = row i at k + 1
+/// (vdpbf16ps multiplies element 2i by the weight at k and 2i + 1 by the one at k + 1).
+inline __m512bh bf16_row_pairs(__m512 at_k, __m512 at_k1) {
+  alignas(64) static constexpr std::int16_t kInterleave[32] = {0,  16, 1,  17, 2,  18, 3,  19, 4,  20, 5,
+                                                               21, 6,  22, 7,  23, 8,  24, 9,  25, 10, 26,
+                                                               11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(at_k1, at_k);  // at_k in 0..15, at_k1 in 16..31
+  return (__m512bh)_mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
+}
+
+/// The tile for bf16 weights read where they are stored: per pair of k, two rows of A rounded and
+/// interleaved, one 32-bit broadcast of each column's weight pair, V x C vdpbf16ps. An odd last k
+/// pairs with zeros. Same contract as the float tile above.
+template <int V, int C>
+void many_rows_tile(const float* a, Index lda, const Eigen::bfloat16* b, Index ldb, Index kc, float* c,
+                    Index ldc, bool first, const Eigen::bfloat16* next, Index ldnext) {
+  constexpr Index L = 16, kLine = 32;
+  __m512 acc[C][V];
+  for (int j = 0; j < C; ++j)
+    for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
+  const auto step = [&](Index k, bool pair) {
+    __m512bh av[V];
+    for (int v = 0; v < V; ++v)
+      av[v] = bf16_row_pairs(_mm512_loadu_ps(a + k * lda + v * L),
+                             pair ? _mm512_loadu_ps(a + (k + 1) * lda + v * L) : _mm512_setzero_ps());
+    for (int j = 0; j < C; ++j) {
+      std::uint32_t bits = 0;
+      std::memcpy(&bits, b + j * ldb + k, pair ? 4 : 2);  // little-endian: weight k in the low half
+      const auto bj = (__m512bh)_mm512_set1_epi32(static_cast<int>(bits));
+      for (int v = 0; v < V; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], av[v], bj);
+    }
+  };
+  Index k = 0;
+  for (; k + 2 <= kc; k += 2) {
+    if (next && k % kLine == 0)
+      for (int j = 0; j < C; ++j) prefetch_at(next, (j * ldnext + k) * 2);
+    step(k, true);
+  }
+  if (k < kc) step(k, false);
+  for (int j = 0; j < C; ++j)
+    for (int v = 0; v < V; ++v) {
+      float* p = c + j * ldc + v * L;
+      if (!first) acc[j][v] = _mm512_add_ps(acc[j][v], _mm512_loadu_ps(p));
+      _mm512_storeu_ps(p, acc[j][v]);
+    }
+}
+#else
+constexpr bool kBf16DotProducts = false;
+#endif
+
 /// All token panels of one weight panel of C columns; the first also prefetches the next panel.
-template <int C, class W>
-void many_rows_panel(const float* a, Index lda, Index rows, const float* b, Index ldb, Index kc, float* c,
+/// b: float weights (or a widened panel), or bf16 weights with kBf16DotProducts.
+template <int C, class B, class W>
+void many_rows_panel(const float* a, Index lda, Index rows, const B* b, Index ldb, Index kc, float* c,
                      Index ldc, bool first, const W* next, Index ldnext) {
   constexpr Index L = FloatLanes::kWidth;
   Index r = 0;
@@ -84,8 +145,8 @@ void many_rows_panel(const float* a, Index lda, Index rows, const float* b, Inde
 }
 
 /// The kernel for a column count known at run time (the last panel of a block may be narrow).
-template <int C = kPanelCols, class W>
-void many_rows_panel_any(int cols, const float* a, Index lda, Index rows, const float* b, Index ldb, Index kc,
+template <int C = kPanelCols, class B, class W>
+void many_rows_panel_any(int cols, const float* a, Index lda, Index rows, const B* b, Index ldb, Index kc,
                          float* c, Index ldc, bool first, const W* next, Index ldnext) {
   if constexpr (C >= 1) {
     if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
@@ -96,7 +157,8 @@ void many_rows_panel_any(int cols, const float* a, Index lda, Index rows, const 
 /// C(r, j) = Σ_k A(r, k) · W(k, j) for r < rows, j < cols, k < depth.
 /// A(r, k) at a[k·lda + r] and C(r, j) at c[j·ldc + r]: rows padded to a multiple of
 /// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
-/// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly).
+/// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly;
+/// with kBf16DotProducts, bf16 weights multiply A rounded to bf16 instead).
 template <class W>
 void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index ldw, Index depth, Index cols,
                       float* c, Index ldc) {
@@ -115,9 +177,10 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
       const W* next = j0 + kPanelCols < cols     ? w + (j0 + kPanelCols) * ldw + k0
                       : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
                                                  : nullptr;
-      if constexpr (std::is_same_v<W, float>) {
-        // Float weights are broadcast from where they are stored: copying the panel measured no
-        // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
+      if constexpr (std::is_same_v<W, float> || (std::is_same_v<W, Eigen::bfloat16> && kBf16DotProducts)) {
+        // Float weights (and bf16 ones multiplied in pairs) are broadcast from where they are
+        // stored: copying the panel measured no faster at 512 rows and 7% slower at 128
+        // (moe_bench, T = 512, N = 8, k = 2).
         many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
                             k0 == 0, next, ldw);
       } else {
