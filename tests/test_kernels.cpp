@@ -76,10 +76,10 @@ void run_both(const Problem<W>& p, std::vector<float>& few, std::vector<float>& 
 template <class W>
 void check_against_reference() {
   // depth: below one vector, tails of a vector, several depth blocks of 256 with a tail; rows:
-  // 1..4 (few-rows tiles), 17 and 40 (one and two token panels plus padding); cols: not multiples
-  // of the kernels' column tiles.
+  // 1..4 (few-rows tiles), 17 and 40 (one and two token panels plus padding), 150 (two row chunks
+  // of the bf16-pair packing); cols: not multiples of the kernels' column tiles.
   for (Index depth : {1, 7, 16, 17, 300, 513})
-    for (Index rows : {1, 2, 3, 4, 5, 17, 40})
+    for (Index rows : {1, 2, 3, 4, 5, 17, 40, 150})
       for (Index cols : {1, 5, 13, 27}) {
         const Problem<W> p(rows, depth, cols, static_cast<std::uint64_t>(depth * 1000 + rows * 10 + cols));
         std::vector<float> few, many;

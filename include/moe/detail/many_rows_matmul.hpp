@@ -13,7 +13,8 @@
 // two loads of A and 12 broadcasts of W feed 24 fused multiply-adds.
 //
 // With AVX512-BF16 and bf16 weights (MOE_BF16_DOT, config.hpp), the tile multiplies pairs of k
-// in bf16 instead: A is rounded to bf16 in registers, the weights are broadcast as stored.
+// in bf16 instead (vdpbf16ps, twice the products per instruction): A is rounded to bf16 and packed
+// in k-pairs once per depth block and 128-row chunk, the weights are broadcast as stored.
 //
 // Determinism: C(r, j) = (((Σ_{k in block 0}) + Σ_{k in block 1}) + ...), each block summed in k
 // order with FMA — a function of row r of A and column j of W only, never of the tiling, the row
@@ -90,21 +91,32 @@ inline __m512bh bf16_row_pairs(__m512 at_k, __m512 at_k1) {
   return (__m512bh)_mm512_permutexvar_epi16(_mm512_load_si512(kInterleave), both);
 }
 
-/// The tile for bf16 weights read where they are stored: per pair of k, two rows of A rounded and
-/// interleaved, one 32-bit broadcast of each column's weight pair, V x C vdpbf16ps. An odd last k
-/// pairs with zeros. Same contract as the float tile above.
+/// Token rows of A, rounded to bf16 and paired along k: p[kp·ldp + r] holds row r at k = 2kp (low
+/// half) and 2kp + 1 (high half, zero past kc). rows: a multiple of 16. Done once per depth block
+/// and row chunk, so every column panel reads them ready (converting in the tile, once per
+/// column panel, measured slower).
+inline void pack_bf16_pairs(const float* a, Index lda, Index rows, Index kc, std::uint32_t* p, Index ldp) {
+  for (Index kp = 0; kp < (kc + 1) / 2; ++kp)
+    for (Index r = 0; r < rows; r += 16) {
+      const __m512 hi = 2 * kp + 1 < kc ? _mm512_loadu_ps(a + (2 * kp + 1) * lda + r) : _mm512_setzero_ps();
+      _mm512_storeu_si512(p + kp * ldp + r,
+                          (__m512i)bf16_row_pairs(_mm512_loadu_ps(a + 2 * kp * lda + r), hi));
+    }
+}
+
+/// The tile for bf16 weights read where they are stored, A packed by pack_bf16_pairs: per pair of
+/// k, one 32-bit broadcast of each column's weight pair, V x C vdpbf16ps. An odd last k pairs
+/// with zeros. Otherwise the contract of the float tile above (a, lda in pairs).
 template <int V, int C>
-void many_rows_tile(const float* a, Index lda, const Eigen::bfloat16* b, Index ldb, Index kc, float* c,
-                    Index ldc, bool first, const Eigen::bfloat16* next, Index ldnext) {
+void many_rows_tile(const std::uint32_t* a, Index lda, const Eigen::bfloat16* b, Index ldb, Index kc,
+                    float* c, Index ldc, bool first, const Eigen::bfloat16* next, Index ldnext) {
   constexpr Index L = 16, kLine = 32;
   __m512 acc[C][V];
   for (int j = 0; j < C; ++j)
     for (int v = 0; v < V; ++v) acc[j][v] = _mm512_setzero_ps();
   const auto step = [&](Index k, bool pair) {
     __m512bh av[V];
-    for (int v = 0; v < V; ++v)
-      av[v] = bf16_row_pairs(_mm512_loadu_ps(a + k * lda + v * L),
-                             pair ? _mm512_loadu_ps(a + (k + 1) * lda + v * L) : _mm512_setzero_ps());
+    for (int v = 0; v < V; ++v) av[v] = (__m512bh)_mm512_loadu_si512(a + (k / 2) * lda + v * L);
     for (int j = 0; j < C; ++j) {
       std::uint32_t bits = 0;
       std::memcpy(&bits, b + j * ldb + k, pair ? 4 : 2);  // little-endian: weight k in the low half
@@ -132,9 +144,9 @@ constexpr bool kBf16DotProducts = false;
 
 /// All token panels of one weight panel of C columns; the first also prefetches the next panel.
 /// b: float weights (or a widened panel), or bf16 weights with kBf16DotProducts.
-template <int C, class B, class W>
-void many_rows_panel(const float* a, Index lda, Index rows, const B* b, Index ldb, Index kc, float* c,
-                     Index ldc, bool first, const W* next, Index ldnext) {
+template <int C, class A, class B, class W>
+void many_rows_panel(const A* a, Index lda, Index rows, const B* b, Index ldb, Index kc, float* c, Index ldc,
+                     bool first, const W* next, Index ldnext) {
   constexpr Index L = FloatLanes::kWidth;
   Index r = 0;
   for (; r + 2 * L <= rows; r += 2 * L) {
@@ -145,8 +157,8 @@ void many_rows_panel(const float* a, Index lda, Index rows, const B* b, Index ld
 }
 
 /// The kernel for a column count known at run time (the last panel of a block may be narrow).
-template <int C = kPanelCols, class B, class W>
-void many_rows_panel_any(int cols, const float* a, Index lda, Index rows, const B* b, Index ldb, Index kc,
+template <int C = kPanelCols, class A, class B, class W>
+void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b, Index ldb, Index kc,
                          float* c, Index ldc, bool first, const W* next, Index ldnext) {
   if constexpr (C >= 1) {
     if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
@@ -166,6 +178,31 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
       std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
       "many_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
   const Index prows = padded_rows(rows);
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+  if constexpr (std::is_same_v<W, Eigen::bfloat16>) {
+    // Depth block by depth block, chunks of token rows packed as bf16 pairs (64 KB on the stack),
+    // then every column panel against them; the weights are broadcast from where they are stored.
+    constexpr Index kChunkRows = 128;
+    alignas(64) std::uint32_t pairs[kChunkRows * kDepthBlock / 2];
+    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
+      const Index kc = std::min(kDepthBlock, depth - k0);
+      for (Index r0 = 0; r0 < prows; r0 += kChunkRows) {
+        const Index chunk = std::min(kChunkRows, prows - r0);
+        pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
+        for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
+          const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
+          const W* next = r0 > 0                     ? nullptr  // in cache from the first chunk
+                          : j0 + kPanelCols < cols   ? w + (j0 + kPanelCols) * ldw + k0
+                          : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
+                                                     : nullptr;
+          many_rows_panel_any(nc, pairs, chunk, chunk, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc + r0, ldc,
+                              k0 == 0, next, ldw);
+        }
+      }
+    }
+    return;
+  }
+#endif
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
   for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
     const Index kc = std::min(kDepthBlock, depth - k0);
@@ -177,10 +214,9 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
       const W* next = j0 + kPanelCols < cols     ? w + (j0 + kPanelCols) * ldw + k0
                       : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
                                                  : nullptr;
-      if constexpr (std::is_same_v<W, float> || (std::is_same_v<W, Eigen::bfloat16> && kBf16DotProducts)) {
-        // Float weights (and bf16 ones multiplied in pairs) are broadcast from where they are
-        // stored: copying the panel measured no faster at 512 rows and 7% slower at 128
-        // (moe_bench, T = 512, N = 8, k = 2).
+      if constexpr (std::is_same_v<W, float>) {
+        // Float weights are broadcast from where they are stored: copying the panel measured no
+        // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
         many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
                             k0 == 0, next, ldw);
       } else {
