@@ -245,13 +245,14 @@ TEMPLATE_TEST_CASE(
     INFO("tokens=" << tokens);
     INFO("measured: vs rounded weights " << testutil::rel_err(y_low, y_rounded) / u << " u, vs float "
                                          << testutil::rel_err(y_low, y_f32) / u << " u");
-    if (kRoundsActivations) {
+    if (kRoundsActivations && tokens > detail::kFewRows) {
       // The many-rows kernel multiplies bf16-rounded activations (detail::kBf16DotProducts): x and
       // h move by at most u relatively, the outputs by ~u (max error over all outputs / max |y|,
-      // measured 1.0-2.3 u at 64-200 tokens). The kernel's own test bounds it tightly.
+      // measured up to 2.3 u, at 200 tokens). The kernel's own test bounds it tightly.
       CHECK(testutil::rel_err(y_low, y_rounded) < 4 * u);
     } else {
-      // Widening is exact and the kernels run the same float operations in the same order.
+      // Widening is exact and the kernels run the same float operations in the same order (with
+      // at most kFewRows tokens every expert runs the few-rows kernel, which keeps float activations).
       CHECK(testutil::bitwise_equal(y_low, y_rounded));
     }
     // Against the float weights: each of the three projections sees weights perturbed by at most

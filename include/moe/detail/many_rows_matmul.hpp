@@ -166,6 +166,16 @@ void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b
   }
 }
 
+/// The weights the panel after (k0, j0) reads: the next columns at this depth, else the first
+/// columns of the next depth block, else none. Streaming them in during a panel's FMAs hides the
+/// memory latency where few token rows share each weight (an expert's ~16 rows at T = 64).
+template <class W>
+const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0) {
+  if (j0 + kPanelCols < cols) return w + (j0 + kPanelCols) * ldw + k0;
+  if (k0 + kDepthBlock < depth) return w + k0 + kDepthBlock;
+  return nullptr;
+}
+
 /// C(r, j) = Σ_k A(r, k) · W(k, j) for r < rows, j < cols, k < depth.
 /// A(r, k) at a[k·lda + r] and C(r, j) at c[j·ldc + r]: rows padded to a multiple of
 /// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
@@ -191,10 +201,8 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
         pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
         for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
           const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
-          const W* next = r0 > 0                     ? nullptr  // in cache from the first chunk
-                          : j0 + kPanelCols < cols   ? w + (j0 + kPanelCols) * ldw + k0
-                          : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
-                                                     : nullptr;
+          // Later chunks find the weights in cache from the first.
+          const W* next = r0 == 0 ? next_weight_panel(w, ldw, depth, cols, k0, j0) : nullptr;
           many_rows_panel_any(nc, pairs, chunk, chunk, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc + r0, ldc,
                               k0 == 0, next, ldw);
         }
@@ -208,12 +216,7 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
     const Index kc = std::min(kDepthBlock, depth - k0);
     for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
       const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
-      // The weights the next panel reads: the next columns at this depth, else the first columns
-      // of the next depth block. Streaming them in during this panel's FMAs hides the memory
-      // latency where few token rows share each weight (an expert's ~16 rows at T = 64).
-      const W* next = j0 + kPanelCols < cols     ? w + (j0 + kPanelCols) * ldw + k0
-                      : k0 + kDepthBlock < depth ? w + k0 + kDepthBlock
-                                                 : nullptr;
+      const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0);
       if constexpr (std::is_same_v<W, float>) {
         // Float weights are broadcast from where they are stored: copying the panel measured no
         // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
