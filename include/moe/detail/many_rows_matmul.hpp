@@ -56,7 +56,7 @@ constexpr PrefetchTo kNextPanelTo = PrefetchTo::kL2;
 /// One tile: V vectors of rows x C columns over one depth block of kc. b: column j at b + j·ldb.
 /// first: store the block's sums; otherwise add them to C. next (or nullptr): the stored weights
 /// the next panel will read, column j at next + j·ldnext, kc values each, prefetched a line per
-/// column every 64 bytes of k, so they arrive while this tile computes.
+/// column every 64 bytes of k (into kNextPanelTo), so they arrive while this tile computes.
 template <int V, int C, class W>
 void many_rows_tile(const float* a, Index lda, const float* b, Index ldb, Index kc, float* c, Index ldc,
                     bool first, const W* next, Index ldnext) {
@@ -67,7 +67,8 @@ void many_rows_tile(const float* a, Index lda, const float* b, Index ldb, Index 
     for (int v = 0; v < V; ++v) acc[j][v] = FloatLanes::zero();
   for (Index k = 0; k < kc; ++k) {
     if (next && k % kLine == 0)
-      for (int j = 0; j < C; ++j) prefetch_at<kNextPanelTo>(next, (j * ldnext + k) * static_cast<Index>(sizeof(W)));
+      for (int j = 0; j < C; ++j)
+        prefetch_at<kNextPanelTo>(next, (j * ldnext + k) * static_cast<Index>(sizeof(W)));
     FloatLanes av[V];
     for (int v = 0; v < V; ++v) av[v] = FloatLanes::load(a + k * lda + v * L);
     for (int j = 0; j < C; ++j) {
