@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
+#include <cstdint>
 #include <moe/ffn.hpp>
+#include <vector>
 
 #include "test_util.hpp"
 
@@ -117,3 +119,67 @@ TEST_CASE("ffn_forward: GeGLU, ReGLU, clamped SwiGLU and biases against double r
   CHECK_THROWS_WITH(w.view(), Catch::Contains("up bias has 3 values, expected 9 or none"));
   CHECK_THROWS_WITH(GluActivation::clamped_swiglu(-1), Catch::Contains("limit -1 must be positive"));
 }
+
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+TEST_CASE("bf16 pairs packed once (gather, hidden block) give the bits of packing in every matmul",
+          "[ffn][low_precision]") {
+  // With bf16 weights the many-rows kernel multiplies bf16 pairs. ffn_forward and MoELayer gather
+  // the input straight into pairs and pack h where it is computed (detail::PairScratch);
+  // many_rows_matmul without them packs the same float values itself, once per column block.
+  // Same rounding, same products in the same order: the same bits.
+  // d, m odd (a last pair with a zero high half); m > 256: two column blocks; 40 rows: two token
+  // panels and padding rows.
+  const Index rows = 40, d = 301, m = 275;
+  const FfnWeights<float> f = testutil::random_ffn<float>(d, m, 3, 0.2);
+  const FfnWeights<Eigen::bfloat16> wb = convert_weights<Eigen::bfloat16>(f.view());
+  const FfnWeightsView<Eigen::bfloat16> w = wb.view();
+  const auto x = testutil::random_matrix<RowMatrix<float>>(rows, d, 5);
+  REQUIRE(detail::uses_bf16_pairs<float, Eigen::bfloat16>(rows));
+  const Index ld = detail::scratch_rows<float>(rows), panels = detail::num_gather_panels<float>(rows);
+  const auto u = [](Index n) { return static_cast<std::size_t>(n); };
+  const auto src = [&](Index i) { return x.data() + i * d; };
+
+  // The gather, scaled per row as MoELayer's scale_input scales it: the pairs are the float
+  // gather packed, and the float destination is left alone.
+  const auto scaled = [](Index i) { return 0.5f + 0.01f * static_cast<float>(i); };
+  std::vector<float> xf(u(ld * d)), untouched(u(ld * d), 7.0f);
+  std::vector<std::uint32_t> xp(u((d + 1) / 2 * ld)), expect(xp.size());
+  detail::gather_scratch_rows<float>(rows, d, src, scaled, xf.data(), 0, panels);
+  detail::gather_scratch_rows<float>(rows, d, src, scaled, untouched.data(), 0, panels, xp.data());
+  detail::pack_bf16_pairs(xf.data(), ld, ld, d, expect.data(), ld);
+  CHECK(xp == expect);
+  CHECK(untouched == std::vector<float>(u(ld * d), 7.0f));
+
+  // Hidden and down blocks (unscaled input), with and without the pairs.
+  const auto one = [](Index) { return 1.0f; };
+  detail::gather_scratch_rows<float>(rows, d, src, one, xf.data(), 0, panels);
+  detail::gather_scratch_rows<float>(rows, d, src, one, untouched.data(), 0, panels, xp.data());
+  std::vector<float> g1(u(ld * m)), h1(u(ld * m)), g2(u(ld * m)), h2(u(ld * m)), y1(u(ld * d)), y2(u(ld * d));
+  std::vector<std::uint32_t> hp(u((m + 1) / 2 * ld)), hp_expect(hp.size());
+  using Map = Eigen::Map<ColMatrix<float>, 0, Eigen::OuterStride<>>;
+  const Eigen::OuterStride<> s(ld);
+  const Eigen::Map<const ColMatrix<float>, 0, Eigen::OuterStride<>> xm(xf.data(), rows, d, s);
+  Map gm1(g1.data(), rows, m, s), hm1(h1.data(), rows, m, s), ym1(y1.data(), rows, d, s);
+  Map gm2(g2.data(), rows, m, s), hm2(h2.data(), rows, m, s), ym2(y2.data(), rows, d, s);
+  const detail::PairScratch pairs{xp.data(), hp.data(), ld};
+  for (Index b = 0; b < detail::num_column_blocks(m); ++b) {
+    detail::glu_hidden_block(w, xm, gm1, hm1, b);
+    detail::glu_hidden_block(w, xm, gm2, hm2, b, {}, pairs);
+  }
+  using Dense = RowMatrix<float>;  // bitwise_equal compares contiguous storage
+  CHECK(testutil::bitwise_equal(Dense(hm1), Dense(hm2)));
+  detail::pack_bf16_pairs(h1.data(), ld, ld, m, hp_expect.data(), ld);
+  CHECK(hp == hp_expect);
+  for (Index b = 0; b < detail::num_column_blocks(d); ++b) {
+    detail::down_proj_block(w, hm1, ym1, b);
+    detail::down_proj_block(w, hm2, ym2, b, pairs);
+  }
+  CHECK(testutil::bitwise_equal(Dense(ym1), Dense(ym2)));
+
+  // ffn_forward takes the pair path: the same bits as the blocks without pairs.
+  RowMatrix<float> y(rows, d);
+  FfnWorkspace<float> ws;
+  ffn_forward<float>(w, x, y, ws);
+  CHECK(testutil::bitwise_equal(y, Dense(ym1)));
+}
+#endif

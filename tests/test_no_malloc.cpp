@@ -119,3 +119,30 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
   layer.forward(x, y, fresh, &pool);
   CHECK(g_allocations.load() > before);
 }
+
+TEST_CASE("bf16 experts and a bf16 dense FFN allocate nothing after reserve", "[no_malloc]") {
+  // Built for this CPU too (test_no_malloc_native): with AVX512-BF16 the workspaces then also
+  // hold the bf16-pair copies of the activations (detail::uses_bf16_pairs), reserved up front.
+  const Index d = 32, dh = 64, tokens = 24;
+  const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
+  const FfnWeights<Eigen::bfloat16> dense = convert_weights<Eigen::bfloat16>(ffn.view());
+  std::vector<FfnWeights<Eigen::bfloat16>> experts;
+  for (const auto& e : slice_experts(ffn.view(), ExpertPartition::independent_random(dh, 4, 0)))
+    experts.push_back(convert_weights<Eigen::bfloat16>(e.view()));
+  const MoELayer<float, Eigen::bfloat16> layer(experts, testutil::random_matrix<ColMatrix<float>>(d, 4, 4),
+                                               {2});
+  const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 5);
+  RowMatrix<float> y(tokens, d);
+  FfnWorkspace<float> fws;
+  fws.reserve(dense.view(), tokens);
+  MoEWorkspace<float> ws;
+  ws.reserve(layer, tokens);
+  ThreadPool pool(2);
+  NoMallocScope scope;
+  for (Index t : {tokens, Index(1), Index(9)}) {
+    ffn_forward<float>(dense.view(), x.topRows(t), y.topRows(t), fws, &pool);
+    layer.forward(x.topRows(t), y.topRows(t), ws, &pool);
+  }
+  CHECK(scope.allocations() == 0);
+  CHECK(scope.eigen_allocations() == 0);
+}

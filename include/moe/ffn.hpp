@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -144,13 +145,35 @@ void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T
 /// Rows per gather task (gather_scratch_rows).
 constexpr Index kGatherPanel = 16;
 
+/// Whether the many-rows kernel runs on activations packed as bf16 pairs for an expert (or dense
+/// FFN) with T activations, W weights and `rows` token rows: bf16 weights with kBf16DotProducts,
+/// past kFewRows. Its input is then gathered straight into pairs, and its hidden activations
+/// packed where they are computed, once each instead of once per column block of every matmul.
+template <class T, class W>
+constexpr bool kBf16Pairs = kBf16DotProducts&& std::is_same_v<T, float>&& std::is_same_v<W, Eigen::bfloat16>;
+template <class T, class W>
+constexpr bool uses_bf16_pairs(Index rows) {
+  return kBf16Pairs<T, W> && rows > kFewRows;
+}
+
+/// The bf16-pair copies of one expert's activations (pack_bf16_pairs' layout, many_rows_matmul's
+/// a_pairs): x: its input, (d + 1) / 2 pair rows; h: its hidden activations, (m + 1) / 2; ld:
+/// scratch_rows(rows). All null where uses_bf16_pairs is false: the kernels read the float scratch.
+struct PairScratch {
+  std::uint32_t* x = nullptr;
+  std::uint32_t* h = nullptr;
+  Index ld = 0;
+};
+
 /// Writes token rows into the input layout of with_scratch_layout: dst holds `rows` rows of d
 /// values, row i = src_row(i) (a pointer to d values) times scale(i). Column-major rows are
 /// written in panels of 16 (16 source rows read in step, each destination line written whole),
 /// padding rows as zeros. Runs the panels [first, last) of 16 rows, so callers can split the work.
+/// pairs (only where uses_bf16_pairs): the rows go there instead, as bf16 pairs (the same
+/// rounding as many_rows_matmul packing them itself), and dst is not written.
 template <class T, class SrcRow, class Scale>
 void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T* dst, Index first,
-                         Index last) {
+                         Index last, std::uint32_t* pairs = nullptr) {
   constexpr Index kPanel = kGatherPanel;
   if (rows <= kFewRows) {
     for (Index i = first * kPanel; i < std::min(rows, last * kPanel); ++i) {
@@ -169,9 +192,27 @@ void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T
       s[i] = r0 + i < rows ? src_row(r0 + i) : nullptr;
       f[i] = s[i] ? scale(r0 + i) : T(0);
     }
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+    if constexpr (std::is_same_v<T, float>) {
+      if (pairs) {
+        // 32 depths of the panel at a time through a 2 KB block in L1, packed from there.
+        static_assert(kPanel == 16, "pack_bf16_pairs takes rows in vectors of 16");
+        constexpr Index kDepths = 32;
+        alignas(64) float block[kDepths * kPanel];
+        for (Index k0 = 0; k0 < d; k0 += kDepths) {
+          const Index kc = std::min(kDepths, d - k0);
+          for (Index k = 0; k < kc; ++k)
+            for (Index i = 0; i < kPanel; ++i) block[k * kPanel + i] = s[i] ? f[i] * s[i][k0 + k] : 0.0f;
+          pack_bf16_pairs(block, kPanel, kPanel, kc, pairs + k0 / 2 * ld + r0, ld);
+        }
+        continue;
+      }
+    }
+#endif
     for (Index k = 0; k < d; ++k)
       for (Index i = 0; i < n; ++i) dst[k * ld + r0 + i] = s[i] ? f[i] * s[i][k] : T(0);
   }
+  static_cast<void>(pairs);  // unused where the kernels never multiply bf16 pairs
 }
 
 /// Panels of kGatherPanel rows gather_scratch_rows writes for `rows` rows.
@@ -232,9 +273,11 @@ constexpr bool kSupportedWeights = std::is_same_v<T, W> ||
 
 /// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = act(g, x·W_up[:, blk]) (biases
 /// added first when the view has them; SwiGLU: h = (x·W_up) ⊙ Swish(g)).
+/// pairs (only where uses_bf16_pairs): x read from pairs.x instead of x, and the block of h also
+/// written to pairs.h, packed for the down projection.
 template <class W, class X, class G, class H>
 void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index block,
-                      const GluActivation& act = {}) {
+                      const GluActivation& act = {}, const PairScratch& pairs = {}) {
   using T = typename H::Scalar;
   static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
@@ -252,9 +295,11 @@ void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index 
                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), 1);
     } else {
       many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.gate.data() + c0 * w.gate.outerStride(),
-                       w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride());
+                       w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride(), pairs.x,
+                       pairs.ld);
       many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.up.data() + c0 * w.up.outerStride(),
-                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride());
+                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), pairs.x,
+                       pairs.ld);
     }
   } else if (x.rows() <= kFewRows) {
     // Other scalar types (double: the reference precision) through Eigen, one weight column at a
@@ -268,11 +313,21 @@ void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index 
     hb.noalias() = x * w.up.middleCols(c0, width);
   }
   apply_glu_block(act, w.gate_bias, w.up_bias, c0, gb, hb);
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+  if constexpr (std::is_same_v<T, float> && !X::IsRowMajor) {
+    // c0 is even (a multiple of kColumnBlock), so the block's pairs are whole.
+    if (pairs.h)
+      pack_bf16_pairs(hb.data(), hb.outerStride(), padded_rows(x.rows()), width, pairs.h + c0 / 2 * pairs.ld,
+                      pairs.ld);
+  }
+#endif
 }
 
 /// Columns [b*kColumnBlock, ...) of y = h·W_down.
+/// pairs.h (only where uses_bf16_pairs): h as glu_hidden_block packed it, read instead of h.
 template <class W, class H, class Y>
-void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block) {
+void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block,
+                     const PairScratch& pairs = {}) {
   using T = typename Y::Scalar;
   static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
@@ -284,7 +339,7 @@ void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block) 
     else
       many_rows_matmul(h.data(), h.outerStride(), h.rows(), w.down.data() + c0 * w.down.outerStride(),
                        w.down.outerStride(), w.hidden_dim(), width, y.data() + c0 * y.outerStride(),
-                       y.outerStride());
+                       y.outerStride(), pairs.h, pairs.ld);
   } else if (h.rows() <= kFewRows) {
     for (Index j = 0; j < width; ++j) y.col(c0 + j).noalias() = h * w.down.col(c0 + j);
   } else {
@@ -297,8 +352,9 @@ void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block) 
 }  // namespace detail
 
 /// Caller-owned scratch for ffn_forward: the input in the kernels' layout, x·W_gate and h (T x m
-/// each) and the output (T x d). Grows only when a call needs more than it holds; call reserve()
-/// once and the forward allocates nothing of its own.
+/// each) and the output (T x d); with bf16 weights, also bf16-pair copies of the input and h.
+/// Grows only when a call needs more than it holds; call reserve(weights, T) once and the forward
+/// allocates nothing of its own.
 template <class T>
 class FfnWorkspace {
  public:
@@ -309,6 +365,17 @@ class FfnWorkspace {
     grow(gate_out_, rows * static_cast<std::size_t>(hidden_dim));
     grow(hidden_, rows * static_cast<std::size_t>(hidden_dim));
     grow(out_, rows * static_cast<std::size_t>(model_dim));
+  }
+  /// Room for `tokens` rows through `w`: the above, and with bf16 weights the bf16-pair copies of
+  /// the activations their kernel reads (detail::uses_bf16_pairs).
+  template <class W>
+  void reserve(const FfnWeightsView<W>& w, Index tokens) {
+    reserve(tokens, w.model_dim(), w.hidden_dim());
+    if (detail::uses_bf16_pairs<T, W>(tokens)) {
+      const auto rows = static_cast<std::size_t>(detail::scratch_rows<T>(tokens));
+      grow(input_pairs_, rows * static_cast<std::size_t>((w.model_dim() + 1) / 2));
+      grow(hidden_pairs_, rows * static_cast<std::size_t>((w.hidden_dim() + 1) / 2));
+    }
   }
   /// h = (x·W_up) ⊙ Swish(x·W_gate) of the last forward (T x m): the input of W_down, the `h` of
   /// formula (5). A copy: the workspace keeps h in whichever layout that forward used.
@@ -324,10 +391,12 @@ class FfnWorkspace {
   template <class U, class W>
   friend void ffn_forward(const FfnWeightsView<W>&, const ConstRowRef<U>&, RowRef<U>, FfnWorkspace<U>&,
                           ThreadPool*, const GluActivation&);
-  static void grow(std::vector<T>& v, std::size_t n) {
+  template <class V>
+  static void grow(V& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
   }
   std::vector<T> input_, gate_out_, hidden_, out_;
+  std::vector<std::uint32_t> input_pairs_, hidden_pairs_;
   Index last_tokens_ = 0, last_hidden_ = 0;
 };
 
@@ -349,20 +418,24 @@ void ffn_forward(const FfnWeightsView<W>& w, const ConstRowRef<T>& x, RowRef<T> 
   MOE_CHECK(y.rows() == tokens && y.cols() == d,
             "ffn_forward: y is " << y.rows() << "x" << y.cols() << ", expected " << tokens << "x" << d);
   if (tokens == 0) return;
-  ws.reserve(tokens, d, m);
+  ws.reserve(w, tokens);
   ws.last_tokens_ = tokens;
   ws.last_hidden_ = m;
+  detail::PairScratch pairs;
+  if (detail::uses_bf16_pairs<T, W>(tokens))
+    pairs = {ws.input_pairs_.data(), ws.hidden_pairs_.data(), detail::scratch_rows<T>(tokens)};
   parallel_for(pool, detail::num_gather_panels<T>(tokens), [&](Index p) {
     detail::gather_scratch_rows<T>(
         tokens, d, [&](Index i) { return x.data() + i * x.outerStride(); }, [](Index) { return T(1); },
-        ws.input_.data(), p, p + 1);
+        ws.input_.data(), p, p + 1, pairs.x);
   });
   detail::with_scratch_layout(tokens, m, d, ws.input_.data(), ws.gate_out_.data(), ws.hidden_.data(),
                               ws.out_.data(), [&](const auto& xs, auto& g, auto& h, auto& out) {
-                                parallel_for(pool, detail::num_column_blocks(m),
-                                             [&](Index b) { detail::glu_hidden_block(w, xs, g, h, b, act); });
+                                parallel_for(pool, detail::num_column_blocks(m), [&](Index b) {
+                                  detail::glu_hidden_block(w, xs, g, h, b, act, pairs);
+                                });
                                 parallel_for(pool, detail::num_column_blocks(d), [&](Index b) {
-                                  detail::down_proj_block(w, h, out, b);
+                                  detail::down_proj_block(w, h, out, b, pairs);
                                   const Index c0 = b * detail::kColumnBlock;
                                   const Index width = std::min(detail::kColumnBlock, d - c0);
                                   y.middleCols(c0, width) = out.middleCols(c0, width);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -74,6 +75,7 @@ class MoEWorkspace {
     if (v.size() < n) v.resize(n);
   }
   std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
+  std::vector<std::uint32_t> x_pairs_, h_pairs_;  // bf16 weights: detail::uses_bf16_pairs
   std::vector<std::int32_t> ids_;
   std::vector<Index> row_offsets_, hidden_offsets_;
   std::vector<std::pair<int, Index>> tasks_;  // (expert, gather panel or column block)
@@ -240,6 +242,19 @@ class MoELayer {
     const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks - hidden_tasks;
     const auto task = [&](Index i) { return ws.tasks_[static_cast<std::size_t>(i)]; };
 
+    // With bf16 weights, experts past kFewRows rows keep their input and hidden activations as
+    // bf16 pairs too (detail::uses_bf16_pairs), at row offset roff of buffers this many pairs wide.
+    Index pair_width_h = 0;
+    for (int e = 0; e < n; ++e) pair_width_h = std::max(pair_width_h, (expert(e).hidden_dim() + 1) / 2);
+    const auto pairs_of = [&](int e) {
+      const auto u = static_cast<std::size_t>(e);
+      detail::PairScratch p;
+      if (detail::uses_bf16_pairs<T, W>(dp.counts[u]))
+        p = {ws.x_pairs_.data() + roff[u] * ((d + 1) / 2), ws.h_pairs_.data() + roff[u] * pair_width_h,
+             detail::scratch_rows<T>(dp.counts[u])};
+      return p;
+    };
+
     // Gather each expert's token rows (times G(x)_i with scale_input) into its input scratch.
     const bool scale_input = config_.scale_input;
     parallel_for(pool, gather_tasks, [&](Index i) {
@@ -253,7 +268,7 @@ class MoELayer {
             const Index pair = dp.pair[r0 + static_cast<std::size_t>(r)];
             return scale_input ? weights(pair / k, pair % k) : T(1);
           },
-          ws.xg_.data() + roff[u] * d, task(i).second, task(i).second + 1);
+          ws.xg_.data() + roff[u] * d, task(i).second, task(i).second + 1, pairs_of(e).x);
     });
     // Expert e's tokens, and its slices of the scratch buffers (layout by its row count).
     auto with_expert = [&](int e, auto&& f) {
@@ -268,14 +283,15 @@ class MoELayer {
       const int e = task(gather_tasks + i).first;
       const Index b = task(gather_tasks + i).second;
       with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
-        detail::glu_hidden_block(expert(e), xe, g, h, b, act);
+        detail::glu_hidden_block(expert(e), xe, g, h, b, act, pairs_of(e));
       });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
       const int e = task(gather_tasks + hidden_tasks + i).first;
       const Index b = task(gather_tasks + hidden_tasks + i).second;
-      with_expert(
-          e, [&](const auto&, auto&, auto& h, auto& ye) { detail::down_proj_block(expert(e), h, ye, b); });
+      with_expert(e, [&](const auto&, auto&, auto& h, auto& ye) {
+        detail::down_proj_block(expert(e), h, ye, b, pairs_of(e));
+      });
     });
     // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
     const T scale = static_cast<T>(this->scale(static_cast<int>(k)));
@@ -364,6 +380,10 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
   grow(yp_, u(rows * d));
   grow(g_, u(rows * max_m));
   grow(h_, u(rows * max_m));
+  if constexpr (detail::kBf16Pairs<T, W>) {
+    grow(x_pairs_, u(rows * ((d + 1) / 2)));
+    grow(h_pairs_, u(rows * ((max_m + 1) / 2)));
+  }
   row_offsets_.reserve(u(n) + 1);
   hidden_offsets_.reserve(u(n) + 1);
   tasks_.reserve(u(blocks + rows / detail::kGatherPanel + n));

@@ -183,41 +183,73 @@ const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index
   return nullptr;
 }
 
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+/// Token rows per chunk of bf16 pairs: 128 rows x kDepthBlock / 2 pairs = 64 KB, read by every
+/// column panel of a depth block while it stays in L2.
+constexpr Index kPairChunkRows = 128;
+
+/// Every column panel of depth block k0 against one chunk of packed rows: p[kp·ldp + r] holds
+/// rows r < rows (a multiple of 16) at depth k0 + 2kp, k0 + 2kp + 1. c: the chunk's first row.
+/// first_chunk: the chunk that prefetches the next weight panel (later chunks find it in cache).
+inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
+                                  Index ldw, Index depth, Index cols, Index k0, float* c, Index ldc,
+                                  bool first_chunk) {
+  const Index kc = std::min(kDepthBlock, depth - k0);
+  for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
+    const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
+    const Eigen::bfloat16* next = first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0) : nullptr;
+    many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
+  }
+}
+
+/// many_rows_matmul for bf16 weights with A already packed by pack_bf16_pairs over its whole
+/// depth: p[kp·ldp + r] = rows r at depth 2kp, 2kp + 1, for r < padded_rows(rows) <= ldp. The
+/// same operations in the same order as packing inside the call (bitwise the same C), without
+/// re-packing A for every column block: the layer packs an expert's input once, in its gather,
+/// and its hidden activations once, where they are computed.
+inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
+                                   Index ldw, Index depth, Index cols, float* c, Index ldc) {
+  const Index prows = padded_rows(rows);
+  for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
+    for (Index r0 = 0; r0 < prows; r0 += kPairChunkRows)
+      many_rows_pairs_chunk(p + k0 / 2 * ldp + r0, ldp, std::min(kPairChunkRows, prows - r0), w, ldw, depth,
+                            cols, k0, c + r0, ldc, r0 == 0);
+}
+#endif
+
 /// C(r, j) = Σ_k A(r, k) · W(k, j) for r < rows, j < cols, k < depth.
 /// A(r, k) at a[k·lda + r] and C(r, j) at c[j·ldc + r]: rows padded to a multiple of
 /// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
 /// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly;
 /// with kBf16DotProducts, bf16 weights multiply A rounded to bf16 instead).
+/// a_pairs (only bf16 weights with kBf16DotProducts; else nullptr): A already packed over its whole
+/// depth by pack_bf16_pairs, ld_pairs apart — read instead of a (see many_rows_matmul_pairs).
 template <class W>
 void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index ldw, Index depth, Index cols,
-                      float* c, Index ldc) {
+                      float* c, Index ldc, const std::uint32_t* a_pairs = nullptr, Index ld_pairs = 0) {
   static_assert(
       std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
       "many_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
   const Index prows = padded_rows(rows);
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
   if constexpr (std::is_same_v<W, Eigen::bfloat16>) {
+    if (a_pairs) return many_rows_matmul_pairs(a_pairs, ld_pairs, rows, w, ldw, depth, cols, c, ldc);
     // Depth block by depth block, chunks of token rows packed as bf16 pairs (64 KB on the stack),
     // then every column panel against them; the weights are broadcast from where they are stored.
-    constexpr Index kChunkRows = 128;
-    alignas(64) std::uint32_t pairs[kChunkRows * kDepthBlock / 2];
+    alignas(64) std::uint32_t pairs[kPairChunkRows * kDepthBlock / 2];
     for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
       const Index kc = std::min(kDepthBlock, depth - k0);
-      for (Index r0 = 0; r0 < prows; r0 += kChunkRows) {
-        const Index chunk = std::min(kChunkRows, prows - r0);
+      for (Index r0 = 0; r0 < prows; r0 += kPairChunkRows) {
+        const Index chunk = std::min(kPairChunkRows, prows - r0);
         pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
-        for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
-          const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
-          // Later chunks find the weights in cache from the first.
-          const W* next = r0 == 0 ? next_weight_panel(w, ldw, depth, cols, k0, j0) : nullptr;
-          many_rows_panel_any(nc, pairs, chunk, chunk, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc + r0, ldc,
-                              k0 == 0, next, ldw);
-        }
+        many_rows_pairs_chunk(pairs, chunk, chunk, w, ldw, depth, cols, k0, c + r0, ldc, r0 == 0);
       }
     }
     return;
   }
 #endif
+  static_cast<void>(a_pairs);  // never set for these weights (uses_bf16_pairs, ffn.hpp)
+  static_cast<void>(ld_pairs);
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
   for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
     const Index kc = std::min(kDepthBlock, depth - k0);
