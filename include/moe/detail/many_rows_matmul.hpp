@@ -9,8 +9,8 @@
 // a panel at a time (kPanelCols columns by kDepthBlock k) into a small block on the stack, which
 // every token panel then reuses from L1.
 //
-// Micro-kernel: 2 vectors of token rows (32 with AVX-512) x 12 columns = 24 accumulators; per k,
-// two loads of A and 12 broadcasts of W feed 24 fused multiply-adds.
+// Micro-kernel: 2 vectors of token rows (32 with AVX-512) x 8 columns = 16 accumulators; per k,
+// two loads of A and 8 broadcasts of W feed 16 fused multiply-adds.
 //
 // With AVX512-BF16 and bf16 weights (MOE_BF16_DOT, config.hpp), the tile multiplies pairs of k
 // in bf16 instead (vdpbf16ps, twice the products per instruction): A is rounded to bf16 and packed
@@ -41,7 +41,14 @@ inline Index padded_rows(Index rows) {
 }
 
 #if defined(__AVX512F__)
-constexpr int kPanelCols = 12;  // 24 accumulators of 32 registers
+// 8 columns, not the 12 that 32 registers could hold: with 12 column pointers the compiler spills
+// some to other registers in the k loop, and at d = 4096 the 12 columns (16 KB apart in float,
+// 8 KB in bf16) share L1 sets. Tile alone, one thread, weights in cache, column stride of d = 4096:
+// float 16 rows 121 -> 162 GFLOP/s (32 rows 198-210 -> 210), bf16 pairs 16 rows 185 -> 270,
+// 32 rows 287 -> 427 (its peak). moe_bench N = 8 k = 2, alternating binaries twice: f32 T = 64
+// 30.7 / 26.3 -> 27.2 / 23.8 ms, T = 512 165 / 132 -> 139 / 120; bf16 T = 64 19.6 / 14.8 ->
+// 15.6 / 13.0, T = 512 95.2 / 72.3 -> 65.9 / 66.1. (And 8 divides kColumnBlock: no narrow panels.)
+constexpr int kPanelCols = 8;
 #else
 constexpr int kPanelCols = 6;  // 12 accumulators of 16 registers (AVX2)
 #endif
@@ -49,8 +56,9 @@ constexpr Index kDepthBlock = 256;
 
 /// The next weight panel is prefetched into L2, not L1: with d = 4096 an expert's columns lie
 /// 16 KB apart, so a panel's columns share L1 sets, and the next panel's lines, pulled into L1,
-/// evicted the current one's (float, 2 threads, 16 token rows, depth 4096: 130 -> 174 GFLOP/s;
-/// depth 1376, where columns do not alias, 3% slower).
+/// evicted the current one's (12-column panels, float, 2 threads, 16 token rows, depth 4096:
+/// 130 -> 174 GFLOP/s; depth 1376, where columns do not alias, 3% slower). With 8-column panels
+/// L1 is still 5-20% slower at 12-20 rows, both depths.
 constexpr PrefetchTo kNextPanelTo = PrefetchTo::kL2;
 
 /// One tile: V vectors of rows x C columns over one depth block of kc. b: column j at b + j·ldb.
