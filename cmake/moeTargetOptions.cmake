@@ -3,14 +3,14 @@
 function(moe_target_options target)
   # An explicit -std=c++17 (no GNU extensions) so tools reading compile_commands.json agree.
   set_target_properties(${target} PROPERTIES CXX_STANDARD 17 CXX_STANDARD_REQUIRED ON CXX_EXTENSIONS OFF)
-  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic>)
   if(MOE_WERROR)
-    target_compile_options(${target} PRIVATE -Werror)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Werror>)
   endif()
   if(MOE_SANITIZE)
-    target_compile_options(${target} PRIVATE -fsanitize=address,undefined -fno-sanitize-recover=all
-                                              -fno-omit-frame-pointer)
-    target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=address,undefined
+                                              -fno-sanitize-recover=all -fno-omit-frame-pointer>)
+    target_link_options(${target} PRIVATE $<$<LINK_LANGUAGE:CXX>:-fsanitize=address,undefined>)
   endif()
   target_link_libraries(${target} PRIVATE moe::moe)
 endfunction()
@@ -23,5 +23,15 @@ function(moe_native_options target)
     if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
       target_compile_options(${target} PRIVATE -Wno-maybe-uninitialized)
     endif()
+  endif()
+endfunction()
+
+# moe's own CUDA executables (MOE_ENABLE_CUDA): warnings of nvcc and of the host compiler. No
+# -Wpedantic for the host pass: nvcc's generated code uses GCC-style line directives.
+function(moe_cuda_target_options target)
+  moe_target_options(${target})
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra>)
+  if(MOE_WERROR)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Werror=all-warnings -Xcompiler=-Werror>)
   endif()
 endfunction()

@@ -1,0 +1,288 @@
+// moe — a MoE layer on the GPU: the CUDA counterpart of MoELayer<float, W>::forward.
+//
+// DeviceMoELayer uploads a host layer's router and expert weights once, keeps a workspace sized
+// for a maximum token count, and runs a forward as a fixed sequence of kernels on one stream:
+// router logits, top-k (routing.cuh), count / scan / stable scatter by expert (permute.cuh), the
+// grouped gate-up product with SwiGLU and the grouped down product (expert_gemm.cuh), and the
+// weighted combine with the N/k rescale (combine.cuh). forward(device pointers) copies nothing to
+// the host and allocates nothing, so it can be captured in a CUDA graph; the same input gives the
+// same output bits on every run.
+//
+// Supported: the router of formula (2) (softmax over N, top-k on the logits or the scores,
+// weights as they are or renormalised over the k, a routed scaling factor), SwiGLU experts
+// without biases, float / bf16 / half expert weights, N <= 256, k <= 32. Anything else is refused
+// by check_supported with a message naming it.
+//
+// The kernels are header-only: the plain ones are `static` (each translation unit that launches one
+// compiles its own copy; a non-static __global__ in a header is a duplicate symbol at link time),
+// the templated ones are templates.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "moe/cuda/check.cuh"
+#include "moe/cuda/combine.cuh"
+#include "moe/cuda/expert_gemm.cuh"
+#include "moe/cuda/permute.cuh"
+#include "moe/cuda/routing.cuh"
+#include "moe/moe_layer.hpp"
+
+namespace moe::cuda {
+
+/// The device type holding the same bits as the host weight type W.
+template <class W>
+struct DeviceScalar {
+  using type = float;
+};
+template <>
+struct DeviceScalar<Eigen::bfloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct DeviceScalar<Eigen::half> {
+  using type = __half;
+};
+
+/// Throws moe::Error naming the first thing about `layer` the CUDA path does not implement.
+template <class W>
+void check_supported(const MoELayer<float, W>& layer) {
+  const MoEConfig& c = layer.config();
+  const RouterOptions& r = c.router;
+  const RouterGate<float>& g = layer.router();
+  const int n = layer.num_experts();
+  MOE_CHECK(!g.empty(), "CUDA MoE layer: the layer has no router weight");
+  MOE_CHECK(g.mlp_out.size() == 0, "CUDA MoE layer: the two-layer (tanh MLP) router gate is not supported");
+  MOE_CHECK(g.bias.size() == 0, "CUDA MoE layer: a router bias is not supported");
+  MOE_CHECK(g.selection_bias.size() == 0, "CUDA MoE layer: a selection bias is not supported");
+  MOE_CHECK(!r.noisy_gate, "CUDA MoE layer: the noisy gate is not supported");
+  MOE_CHECK(r.score == ScoreFunction::kSoftmax && !r.score_selected_only,
+            "CUDA MoE layer: only the softmax over all N experts is supported as the router score");
+  MOE_CHECK(r.n_group == 1,
+            "CUDA MoE layer: group-limited selection (n_group " << r.n_group << ") is not supported");
+  MOE_CHECK(r.renormalize != Renormalize::kPNorm, "CUDA MoE layer: p-norm renormalisation is not supported");
+  MOE_CHECK(!r.capacity_factor, "CUDA MoE layer: an expert capacity is not supported");
+  MOE_CHECK(c.activation.kind == GluKind::kSwiGLU, "CUDA MoE layer: only SwiGLU experts are supported");
+  MOE_CHECK(!c.scale_input,
+            "CUDA MoE layer: scale_input (weights applied before the expert) is not supported");
+  MOE_CHECK(layer.shared_experts().empty(), "CUDA MoE layer: shared experts are not supported");
+  MOE_CHECK(n <= kMaxExperts,
+            "CUDA MoE layer: N = " << n << " experts, at most " << kMaxExperts << " supported");
+  MOE_CHECK(c.top_k <= kMaxTopK,
+            "CUDA MoE layer: k = " << c.top_k << ", at most " << kMaxTopK << " supported");
+  for (int e = 0; e < n; ++e) {
+    const FfnWeightsView<W>& w = layer.expert(e);
+    MOE_CHECK(!w.gate_bias && !w.up_bias && !w.down_bias,
+              "CUDA MoE layer: expert " << e << " has biases, which are not supported");
+  }
+}
+
+template <class W = float>
+class DeviceMoELayer {
+  using DW = typename DeviceScalar<W>::type;
+  static_assert(sizeof(DW) == sizeof(W), "device and host weight types must hold the same bits");
+
+ public:
+  /// Uploads the router and the experts (synchronously). Throws moe::Error if check_supported
+  /// refuses the layer or a CUDA call fails.
+  explicit DeviceMoELayer(const MoELayer<float, W>& layer)
+      : n_(layer.num_experts()),
+        k_(layer.top_k()),
+        d_(layer.model_dim()),
+        scale_(static_cast<float>(layer.scale())) {
+    check_supported(layer);
+    const RouterOptions& r = layer.config().router;
+    opt_.select_on_scores = r.select == SelectOn::kScores;
+    opt_.renormalize = r.renormalize == Renormalize::kL1;
+    opt_.renorm_epsilon = static_cast<float>(r.renorm_epsilon);
+    opt_.routed_scaling_factor = static_cast<float>(r.routed_scaling_factor);
+
+    router_.upload(layer.router_weight().data(), static_cast<std::size_t>(layer.router_weight().size()));
+    std::vector<long long> offset(static_cast<std::size_t>(n_));
+    std::vector<int> hidden(static_cast<std::size_t>(n_));
+    long long total = 0;
+    for (int e = 0; e < n_; ++e) {
+      const auto u = static_cast<std::size_t>(e);
+      offset[u] = total;
+      hidden[u] = static_cast<int>(layer.expert(e).hidden_dim());
+      max_hidden_ = std::max<Index>(max_hidden_, hidden[u]);
+      total += static_cast<long long>(d_) * hidden[u];
+    }
+    gate_.reserve(static_cast<std::size_t>(total));
+    up_.reserve(static_cast<std::size_t>(total));
+    down_.reserve(static_cast<std::size_t>(total));
+    for (int e = 0; e < n_; ++e) {
+      const FfnWeightsView<W>& w = layer.expert(e);
+      const auto off = static_cast<std::size_t>(offset[static_cast<std::size_t>(e)]);
+      copy_matrix(w.gate, gate_.data() + off);
+      copy_matrix(w.up, up_.data() + off);
+      copy_matrix(w.down, down_.data() + off);
+    }
+    weight_offset_.upload(offset.data(), offset.size());
+    hidden_.upload(hidden.data(), hidden.size());
+  }
+
+  int num_experts() const { return n_; }
+  int top_k() const { return k_; }
+  Index model_dim() const { return d_; }
+  Index capacity() const { return capacity_; }  ///< tokens the workspace holds
+
+  /// Sizes the workspace for up to `tokens` tokens per forward (allocates; forward never does).
+  void reserve(Index tokens) {
+    MOE_CHECK(tokens >= 0, "CUDA MoE layer: reserve(" << tokens << ")");
+    if (tokens <= capacity_) return;
+    const auto t = static_cast<std::size_t>(tokens), pairs = t * static_cast<std::size_t>(k_);
+    const auto n = static_cast<std::size_t>(n_), d = static_cast<std::size_t>(d_);
+    logits_.reserve(t * n);
+    ids_.reserve(pairs);
+    weights_.reserve(pairs);
+    counts_.reserve(n);
+    offsets_.reserve(n + 1);
+    tile_offsets_.reserve(n + 1);
+    sorted_pair_.reserve(pairs);
+    row_of_.reserve(pairs);
+    h_.reserve(pairs * static_cast<std::size_t>(max_hidden_));
+    y_rows_.reserve(pairs * d);
+    bad_token_.reserve(1);
+    capacity_ = tokens;
+  }
+
+  /// y = the layer's forward of x, both T x d row-major float in device memory (y must not alias
+  /// x), queued on `stream`: no allocation, no copy to the host, no synchronisation. A token with a
+  /// NaN/Inf router logit gets a zero output row and is reported by check_routing().
+  void forward(const float* x, float* y, Index tokens, cudaStream_t stream = nullptr) {
+    MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: forward of "
+                                                      << tokens << " tokens, the workspace holds "
+                                                      << capacity_ << " (call reserve)");
+    if (tokens == 0) return;
+    MOE_CHECK(x && y && x != y, "CUDA MoE layer: x and y must be distinct device pointers");
+    const long long t = tokens, pairs = t * k_, d = d_;
+    MOE_CUDA_CHECK(cudaMemsetAsync(bad_token_.data(), 0xff, sizeof(unsigned), stream));
+    kernels::router_logits<<<static_cast<unsigned>(t), 256, 0, stream>>>(x, router_.data(), d, n_,
+                                                                         logits_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    kernels::top_k_weights<<<static_cast<unsigned>((t + 127) / 128), 128, 0, stream>>>(
+        logits_.data(), t, n_, k_, opt_, ids_.data(), weights_.data(), bad_token_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    kernels::count_per_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(ids_.data(), pairs,
+                                                                             counts_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    kernels::scan_counts<<<1, 1, 0, stream>>>(counts_.data(), n_, kTileRows, offsets_.data(),
+                                              tile_offsets_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    kernels::scatter_by_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(
+        ids_.data(), pairs, offsets_.data(), sorted_pair_.data(), row_of_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    // At most pairs / kTileRows + N row tiles, whatever the counts (each expert adds at most one
+    // partial tile): the grid is sized without reading them back.
+    const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows + n_);
+    const kernels::DeviceExperts<DW> ex{
+        gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
+    const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
+    kernels::expert_hidden_swiglu<DW><<<hidden_grid, kGemmThreads, 0, stream>>>(
+        x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), max_hidden_);
+    MOE_CUDA_CHECK(cudaGetLastError());
+    const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
+    kernels::expert_down<DW><<<down_grid, kGemmThreads, 0, stream>>>(
+        h_.data(), max_hidden_, ex, offsets_.data(), tile_offsets_.data(), y_rows_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    kernels::combine<<<static_cast<unsigned>(t), 256, 0, stream>>>(
+        y_rows_.data(), d, ids_.data(), weights_.data(), row_of_.data(), k_, scale_, y);
+    MOE_CUDA_CHECK(cudaGetLastError());
+  }
+
+  /// The host convenience: copies x in, runs forward, copies y out, synchronises, and throws
+  /// moe::Error if a router logit was NaN/Inf (naming the first such token). Grows the workspace
+  /// (and keeps device copies of x and y).
+  void forward(const ConstRowRef<float>& x, RowRef<float> y, cudaStream_t stream = nullptr) {
+    MOE_CHECK(x.cols() == d_, "CUDA MoE layer: x has " << x.cols() << " columns, the layer expects d=" << d_);
+    MOE_CHECK(y.rows() == x.rows() && y.cols() == d_, "CUDA MoE layer: y is " << y.rows() << "x" << y.cols()
+                                                                              << ", expected " << x.rows()
+                                                                              << "x" << d_);
+    const Index t = x.rows();
+    reserve(t);
+    if (t == 0) return;
+    x_staging_.reserve(static_cast<std::size_t>(t * d_));
+    y_staging_.reserve(static_cast<std::size_t>(t * d_));
+    for (Index r = 0; r < t; ++r)  // rows may be strided on the host; packed on the device
+      MOE_CUDA_CHECK(cudaMemcpyAsync(x_staging_.data() + r * d_, x.row(r).data(), sizeof(float) * d_,
+                                     cudaMemcpyHostToDevice, stream));
+    forward(x_staging_.data(), y_staging_.data(), t, stream);
+    for (Index r = 0; r < t; ++r)
+      MOE_CUDA_CHECK(cudaMemcpyAsync(y.row(r).data(), y_staging_.data() + r * d_, sizeof(float) * d_,
+                                     cudaMemcpyDeviceToHost, stream));
+    check_routing(stream);
+  }
+
+  /// Synchronises `stream` and throws moe::Error if the last forward met a NaN/Inf router logit.
+  void check_routing(cudaStream_t stream = nullptr) const {
+    unsigned bad = 0;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(&bad, bad_token_.data(), sizeof bad, cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    MOE_CHECK(bad == 0xffffffffu, "CUDA MoE layer: a router logit of token " << bad << " is NaN or infinite");
+  }
+
+  /// The last forward's routing, copied to the host (synchronises): ids T x k (best first), weights
+  /// T x k (before the rescale), and the tokens per expert.
+  void last_routing(Index tokens, IdMatrix& ids, RowMatrix<float>& weights, std::vector<int>& counts,
+                    cudaStream_t stream = nullptr) const {
+    MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: last_routing of " << tokens << " tokens");
+    ids.resize(tokens, k_);
+    weights.resize(tokens, k_);
+    counts.resize(static_cast<std::size_t>(n_));
+    const auto pairs = static_cast<std::size_t>(tokens * k_);
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(ids.data(), ids_.data(), pairs * sizeof(int), cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(weights.data(), weights_.data(), pairs * sizeof(float),
+                                   cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(counts.data(), counts_.data(), counts.size() * sizeof(int),
+                                   cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  /// The last forward's router logits, T x N, copied to the host (synchronises).
+  void last_logits(Index tokens, RowMatrix<float>& logits, cudaStream_t stream = nullptr) const {
+    MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: last_logits of " << tokens << " tokens");
+    logits.resize(tokens, n_);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
+                                   sizeof(float) * static_cast<std::size_t>(tokens * n_),
+                                   cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+ private:
+  /// A d x m or m x d column-major matrix, copied as stored into device memory at dst.
+  template <class M>
+  static void copy_matrix(const M& m, DW* dst) {
+    static_assert(sizeof(typename M::Scalar) == sizeof(DW), "weights keep their bits on the device");
+    MOE_CHECK(m.outerStride() == m.rows(), "CUDA MoE layer: expert matrices must be packed (outer stride "
+                                               << m.outerStride() << ", rows " << m.rows() << ")");
+    MOE_CUDA_CHECK(
+        cudaMemcpy(dst, m.data(), sizeof(DW) * static_cast<std::size_t>(m.size()), cudaMemcpyHostToDevice));
+  }
+
+  int n_, k_;
+  Index d_;
+  float scale_;
+  Index max_hidden_ = 0;
+  Index capacity_ = 0;
+  DeviceRouterOptions opt_;
+  DeviceBuffer<float> router_;
+  DeviceBuffer<DW> gate_, up_, down_;
+  DeviceBuffer<long long> weight_offset_;
+  DeviceBuffer<int> hidden_;
+  // Workspace (reserve).
+  DeviceBuffer<float> logits_, weights_, h_, y_rows_;
+  DeviceBuffer<float> x_staging_, y_staging_;  // the host forward's copies of x and y
+  DeviceBuffer<int> ids_, counts_;
+  DeviceBuffer<long long> offsets_, tile_offsets_, sorted_pair_, row_of_;
+  DeviceBuffer<unsigned> bad_token_;
+};
+
+}  // namespace moe::cuda

@@ -1,0 +1,162 @@
+// The CUDA MoE layer against the CPU layer. Needs a GPU: without one it prints SKIPPED and exits
+// 77, which CTest reports as skipped.
+//
+// Tolerances: float weights and bf16/half weights are both widened exactly and every product is
+// accumulated in float on both sides, in different orders, so the outputs agree to float rounding
+// over dot products of d and m terms (the issue's 1e-5, relative to the output's scale). The
+// router's logits likewise; its weights come from expf on each side (CUDA's expf is within 2 ulp,
+// so 1e-6). Expert choices are compared exactly given the same logits: two logits a rounding
+// apart can legitimately order differently when each side computes its own.
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <moe/cuda/moe_layer.cuh>
+
+#include "cuda_test_util.hpp"
+
+using namespace moe;
+using Catch::Contains;
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::printf("SKIPPED: no CUDA device (the CUDA layer's tests need a GPU)\n");
+    return 77;
+  }
+  return Catch::Session().run(argc, argv);
+}
+
+namespace {
+
+RowMatrix<float> input(Index tokens, Index d, std::uint64_t seed) {
+  return testutil::random_matrix<RowMatrix<float>>(tokens, d, seed);
+}
+
+/// The GPU forward of x, its routing, and the CPU layer's forward_routed on that same routing.
+template <class W>
+void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t seed) {
+  INFO("N=" << layer.num_experts() << " k=" << layer.top_k() << " d=" << layer.model_dim()
+            << " T=" << tokens);
+  cuda::DeviceMoELayer<W> gpu(layer);
+  const RowMatrix<float> x = input(tokens, layer.model_dim(), seed);
+  RowMatrix<float> y(tokens, layer.model_dim()), again(tokens, layer.model_dim());
+  gpu.forward(x, y);
+  IdMatrix ids;
+  RowMatrix<float> weights, logits;
+  std::vector<int> counts;
+  gpu.last_routing(tokens, ids, weights, counts);
+  gpu.last_logits(tokens, logits);
+
+  // Routing: the logits as the CPU computes them; the CPU router on the GPU's logits chooses the
+  // same experts with the same weights; the counts are the histogram of the ids.
+  RowMatrix<float> cpu_logits(tokens, layer.num_experts());
+  router_logits<float>(x, layer.router_weight(), cpu_logits);
+  CHECK(testutil::rel_err(logits, cpu_logits) <= 1e-5);
+  IdMatrix cpu_ids(tokens, layer.top_k());
+  RowMatrix<float> cpu_weights(tokens, layer.top_k());
+  RouterScratch<float> scratch;
+  route<float>(layer.config().router, logits, nullptr, layer.top_k(), cpu_ids, cpu_weights, scratch);
+  CHECK(ids == cpu_ids);
+  CHECK(testutil::rel_err(weights, cpu_weights) <= 1e-6);
+  std::vector<int> histogram(static_cast<std::size_t>(layer.num_experts()), 0);
+  for (Index i = 0; i < ids.size(); ++i) ++histogram[static_cast<std::size_t>(ids.data()[i])];
+  CHECK(counts == histogram);
+
+  // The layer: the CPU's forward on the GPU's routing.
+  RowMatrix<float> cpu_y(tokens, layer.model_dim());
+  MoEWorkspace<float> ws;
+  layer.forward_routed(x, ids, weights, cpu_y, ws);
+  CHECK(testutil::rel_err(y, cpu_y) <= 1e-5);
+
+  // The same input, the same bits.
+  gpu.forward(x, again);
+  CHECK(testutil::bitwise_equal(y, again));
+}
+
+}  // namespace
+
+TEST_CASE("CUDA layer: N=8 k=2 at T = 1, 7, 64, 4096 (float weights)", "[cuda]") {
+  const auto layer = cudatest::random_layer(256, 96, 8, 2, 11);
+  for (Index t : {1, 7, 64, 4096}) check_layer(layer, t, 100 + static_cast<std::uint64_t>(t));
+}
+
+TEST_CASE("CUDA layer: d and m not multiples of the tiles (d = 200, m = 72)", "[cuda]") {
+  check_layer(cudatest::random_layer(200, 72, 8, 2, 12), 37, 7);
+}
+
+TEST_CASE("CUDA layer: k from 1 to 8 of N = 8, renormalised weights too", "[cuda]") {
+  for (int k = 1; k <= 8; ++k) {
+    check_layer(cudatest::random_layer(128, 64, 8, k, 13), 64, 8);
+    check_layer(cudatest::random_layer(128, 64, 8, k, 14, MoEConfig{k, TopKWeights::kRenormalized}), 33, 9);
+  }
+}
+
+TEST_CASE("CUDA layer: N = 256, k = 8, most experts empty at T = 7", "[cuda]") {
+  const auto layer = cudatest::random_layer(128, 16, 256, 8, 15);
+  check_layer(layer, 7, 10);
+  check_layer(layer, 300, 11);
+}
+
+TEST_CASE("CUDA layer: every token on one expert (a zero router: all logits tie, lowest index wins)",
+          "[cuda]") {
+  std::vector<FfnWeights<float>> experts;
+  for (int e = 0; e < 4; ++e) experts.push_back(testutil::random_ffn<float>(64, 32, 20 + 3 * e, 0.05));
+  const MoELayer<float> layer(std::move(experts), ColMatrix<float>::Zero(64, 4), MoEConfig{1});
+  check_layer(layer, 4096, 12);
+}
+
+TEST_CASE("CUDA layer: bf16 and half expert weights", "[cuda]") {
+  check_layer(cudatest::random_layer<Eigen::bfloat16>(256, 96, 8, 2, 16), 64, 13);
+  check_layer(cudatest::random_layer<Eigen::bfloat16>(256, 96, 8, 2, 16), 1, 14);
+  check_layer(cudatest::random_layer<Eigen::half>(256, 96, 8, 2, 17), 64, 15);
+}
+
+TEST_CASE("CUDA layer: a NaN input is reported with its token", "[cuda]") {
+  const auto layer = cudatest::random_layer(64, 32, 8, 2, 18);
+  cuda::DeviceMoELayer<float> gpu(layer);
+  RowMatrix<float> x = input(5, 64, 19), y(5, 64);
+  x(3, 10) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(gpu.forward(x, y), Contains("token 3"));
+  x(3, 10) = 0.0f;  // and the next forward is clean again
+  CHECK_NOTHROW(gpu.forward(x, y));
+}
+
+TEST_CASE("CUDA layer: shapes and the workspace's size are checked", "[cuda]") {
+  const auto layer = cudatest::random_layer(64, 32, 8, 2, 20);
+  cuda::DeviceMoELayer<float> gpu(layer);
+  RowMatrix<float> x = input(4, 64, 21), y(4, 63);
+  CHECK_THROWS_WITH(gpu.forward(x, y), Contains("expected 4x64"));
+  gpu.reserve(4);
+  cuda::DeviceBuffer<float> xd(5 * 64), yd(5 * 64);
+  CHECK_THROWS_WITH(gpu.forward(xd.data(), yd.data(), 5), Contains("workspace holds 4"));
+}
+
+TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", "[cuda]") {
+  const auto layer = cudatest::random_layer(256, 96, 8, 2, 22);
+  cuda::DeviceMoELayer<float> gpu(layer);
+  constexpr Index kTokens = 64;
+  gpu.reserve(kTokens);
+  const RowMatrix<float> x = input(kTokens, 256, 23);
+  RowMatrix<float> direct(kTokens, 256), graphed(kTokens, 256);
+  gpu.forward(x, direct);
+
+  cuda::DeviceBuffer<float> xd, yd;
+  xd.upload(x.data(), static_cast<std::size_t>(x.size()));
+  yd.reserve(static_cast<std::size_t>(x.size()));
+  cudaStream_t stream{};
+  MOE_CUDA_CHECK(cudaStreamCreate(&stream));
+  cudaGraph_t graph{};
+  cudaGraphExec_t exec{};
+  MOE_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  gpu.forward(xd.data(), yd.data(), kTokens, stream);
+  MOE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+  MOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 2; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(graphed.data(), yd.data(),
+                                 sizeof(float) * static_cast<std::size_t>(x.size()), cudaMemcpyDeviceToHost,
+                                 stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  CHECK(testutil::bitwise_equal(direct, graphed));
+  MOE_CUDA_CHECK(cudaGraphExecDestroy(exec));
+  MOE_CUDA_CHECK(cudaGraphDestroy(graph));
+  MOE_CUDA_CHECK(cudaStreamDestroy(stream));
+}
