@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CUDA path's checks on a GPU machine, in one command: the GPU tests (and again under
+# compute-sanitizer's memcheck where it works), moe_bench_cuda, and PyTorch's grouped-GEMM
+# pipeline beside it. Writes its logs and the benchmark's JSON to $OUT (or ./cuda-check).
+#
+# Binaries are built where nvcc is (this project's machines have nvcc but no GPU) and carried:
+#   bench/cuda_device_check.sh --prepare   # here: builds build-cuda, copies the headers the
+#                                          # fallback build needs into .devdeps/
+# then, on the GPU machine, with build-cuda/tests/cuda/test_cuda_layer,
+# build-cuda/bench/moe_bench_cuda and .devdeps carried:
+#   bash bench/cuda_device_check.sh
+# If a carried binary does not start there (other system libraries), it is rebuilt with that
+# machine's nvcc from the carried headers. The steps' time limits add up to under 9 minutes, so
+# the whole check fits one device call (10 minutes at most).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ ${1:-} == --prepare ]]; then
+  set -e
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  cmake -S . -B build-cuda -DMOE_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DMOE_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build build-cuda -j"$(nproc)" --target test_cuda_layer moe_bench_cuda
+  rm -rf .devdeps && mkdir -p .devdeps
+  cp -r /usr/include/eigen3 /usr/include/catch2 /usr/include/nlohmann .devdeps/
+  grep -qx '/.devdeps/' .git/info/exclude 2>/dev/null || echo '/.devdeps/' >>.git/info/exclude
+  echo "carry: build-cuda/tests/cuda/test_cuda_layer build-cuda/bench/moe_bench_cuda .devdeps"
+  exit 0
+fi
+
+out=${OUT:-cuda-check}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$out/gpu.txt"
+
+test_bin=build-cuda/tests/cuda/test_cuda_layer
+bench_bin=build-cuda/bench/moe_bench_cuda
+build_here() {  # $1: source, $2: output
+  nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -diag-suppress=20012 -Iinclude -Itests -Itests/cuda \
+    -isystem .devdeps/eigen3 -isystem .devdeps "$1" -o "$2"
+}
+starts() {  # the binary runs here: exit 0, or 77 (no GPU)
+  "$@" >/dev/null 2>&1
+  local rc=$?
+  [[ $rc -eq 0 || $rc -eq 77 ]]
+}
+if ! starts "$test_bin" --list-tests; then
+  echo "carried test binary does not run here: building with this machine's nvcc"
+  build_here tests/cuda/test_cuda_layer.cu /tmp/test_cuda_layer && test_bin=/tmp/test_cuda_layer
+fi
+if ! starts "$bench_bin" --help; then
+  echo "carried benchmark binary does not run here: building with this machine's nvcc"
+  build_here bench/moe_bench_cuda.cu /tmp/moe_bench_cuda && bench_bin=/tmp/moe_bench_cuda
+fi
+
+echo "== GPU tests"
+timeout 90 "$test_bin" 2>&1 | tee "$out/test.txt" | tail -30
+echo "test exit: ${PIPESTATUS[0]}"
+
+echo "== memcheck (small cases)"
+timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
+  "CUDA layer: d and m not multiples of the tiles (d = 200, m = 72)" \
+  "CUDA layer: N = 256, k = 8, most experts empty at T = 7" 2>&1 | tee "$out/memcheck.txt" | tail -8
+echo "memcheck exit: ${PIPESTATUS[0]}"
+
+echo "== moe_bench_cuda"
+timeout 200 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+
+echo "== PyTorch torch._grouped_mm pipeline, same shapes"
+PYTHONUNBUFFERED=1 timeout 150 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
+  tee "$out/torch.txt"
