@@ -2,12 +2,14 @@
 // (permute.cuh): h = SwiGLU(x·W_gate, x·W_up) with the gather of each expert's token rows fused
 // into the tile loads and SwiGLU into the epilogue (formula (1) per expert), then y_e = h·W_down.
 //
-// One kernel launch covers every expert: the grid has an upper bound of row tiles (pairs / 64 + N,
-// known without reading the counts back), and each block finds its expert and row tile in
+// One kernel launch covers every expert with more than kFewRows rows (fewer take the
+// matrix-vector path, expert_gemv.cuh): the grid has an upper bound of row tiles, known from the
+// token count without reading the counts back, and each block finds its expert and row tile in
 // tile_offsets; blocks past the last tile return. So a forward needs no device-to-host copy.
 //
-// This first version is a plain shared-memory tiled product on the CUDA cores, with FP32
-// accumulation and weights widened exactly from float, bf16 or half. Each output is one thread's
+// These tiles are a plain shared-memory product on the CUDA cores, with FP32 accumulation of float
+// activations and weights widened exactly (float and half weights; bf16 weights take the same
+// tiles on the tensor cores, expert_mma.cuh). Each output is one thread's
 // sum over k in order (fused multiply-add): the same bits on every run.
 #pragma once
 

@@ -2,11 +2,13 @@
 //
 // DeviceMoELayer uploads a host layer's router and expert weights once, keeps a workspace sized
 // for a maximum token count, and runs a forward as a fixed sequence of kernels on one stream:
-// router logits, top-k (routing.cuh), count / scan / stable scatter by expert (permute.cuh), the
-// grouped gate-up product with SwiGLU and the grouped down product (expert_gemm.cuh), and the
-// weighted combine with the N/k rescale (combine.cuh). forward(device pointers) copies nothing to
-// the host and allocates nothing, so it can be captured in a CUDA graph; the same input gives the
-// same output bits on every run.
+// the router (logits, softmax, top-k: routing.cuh), count / scan / stable scatter by expert (permute.cuh),
+// the gate-up product with SwiGLU and the down product — matrix-vector kernels for the experts with at most
+// kFewRows rows (expert_gemv.cuh), grouped 64-row tiles for the others (on the tensor cores for bf16 weights,
+// expert_mma.cuh, with the activations rounded to bf16; on the CUDA cores in float otherwise,
+// expert_gemm.cuh) — and the weighted combine with the N/k rescale (combine.cuh). forward(device pointers)
+// copies nothing to the host and allocates nothing, so it can be captured in a CUDA graph; the same input
+// gives the same output bits on every run.
 //
 // Supported: the router of formula (2) (softmax over N, top-k on the logits or the scores,
 // weights as they are or renormalised over the k, a routed scaling factor), SwiGLU experts
@@ -23,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -30,6 +33,8 @@
 #include "moe/cuda/check.cuh"
 #include "moe/cuda/combine.cuh"
 #include "moe/cuda/expert_gemm.cuh"
+#include "moe/cuda/expert_gemv.cuh"
+#include "moe/cuda/expert_mma.cuh"
 #include "moe/cuda/permute.cuh"
 #include "moe/cuda/routing.cuh"
 #include "moe/moe_layer.hpp"
@@ -124,6 +129,8 @@ class DeviceMoELayer {
       copy_matrix(w.up, up_.data() + off);
       copy_matrix(w.down, down_.data() + off);
     }
+    ldh_ = (max_hidden_ + 7) / 8 * 8;
+    for (int m : hidden) vec_hidden_ = vec_hidden_ && m % kernels::kVector<DW> == 0;
     weight_offset_.upload(offset.data(), offset.size());
     hidden_.upload(hidden.data(), hidden.size());
   }
@@ -143,11 +150,13 @@ class DeviceMoELayer {
     ids_.reserve(pairs);
     weights_.reserve(pairs);
     counts_.reserve(n);
+    few_experts_.reserve(n);
+    num_few_.reserve(1);
     offsets_.reserve(n + 1);
     tile_offsets_.reserve(n + 1);
     sorted_pair_.reserve(pairs);
     row_of_.reserve(pairs);
-    h_.reserve(pairs * static_cast<std::size_t>(max_hidden_));
+    h_.reserve(pairs * static_cast<std::size_t>(ldh_));
     y_rows_.reserve(pairs * d);
     bad_token_.reserve(1);
     capacity_ = tokens;
@@ -164,33 +173,62 @@ class DeviceMoELayer {
     MOE_CHECK(x && y && x != y, "CUDA MoE layer: x and y must be distinct device pointers");
     const long long t = tokens, pairs = t * k_, d = d_;
     MOE_CUDA_CHECK(cudaMemsetAsync(bad_token_.data(), 0xff, sizeof(unsigned), stream));
-    kernels::router_logits<<<static_cast<unsigned>(t), 256, 0, stream>>>(x, router_.data(), d, n_,
-                                                                         logits_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::top_k_weights<<<static_cast<unsigned>((t + 127) / 128), 128, 0, stream>>>(
-        logits_.data(), t, n_, k_, opt_, ids_.data(), weights_.data(), bad_token_.data());
+    kernels::route_tokens<<<static_cast<unsigned>(t), 256, 0, stream>>>(
+        x, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(), weights_.data(), bad_token_.data());
     MOE_CUDA_CHECK(cudaGetLastError());
     kernels::count_per_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(ids_.data(), pairs,
                                                                              counts_.data());
     MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::scan_counts<<<1, 1, 0, stream>>>(counts_.data(), n_, kTileRows, offsets_.data(),
-                                              tile_offsets_.data());
+    kernels::scan_counts<<<1, 1, 0, stream>>>(counts_.data(), n_, kTileRows, kFewRows, offsets_.data(),
+                                              tile_offsets_.data(), few_experts_.data(), num_few_.data());
     MOE_CUDA_CHECK(cudaGetLastError());
     kernels::scatter_by_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(
         ids_.data(), pairs, offsets_.data(), sorted_pair_.data(), row_of_.data());
     MOE_CUDA_CHECK(cudaGetLastError());
-    // At most pairs / kTileRows + N row tiles, whatever the counts (each expert adds at most one
-    // partial tile): the grid is sized without reading them back.
-    const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows + n_);
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
-    const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
-    kernels::expert_hidden_swiglu<DW><<<hidden_grid, kGemmThreads, 0, stream>>>(
-        x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), max_hidden_);
+    // Experts with 1..kFewRows rows: matrix-vector products (expert_gemv.cuh). At most
+    // min(N, pairs) experts have rows: the grid is sized without reading the counts back.
+    const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
+    const bool vec_x = d % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+    const dim3 few_hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
+    const dim3 few_down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
+    if (vec_x)
+      kernels::expert_hidden_swiglu_few<DW, true><<<few_hidden_grid, kGemvWarps * 32, 0, stream>>>(
+          x, sorted_pair_.data(), k_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), h_.data(),
+          ldh_);
+    else
+      kernels::expert_hidden_swiglu_few<DW, false><<<few_hidden_grid, kGemvWarps * 32, 0, stream>>>(
+          x, sorted_pair_.data(), k_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), h_.data(),
+          ldh_);
     MOE_CUDA_CHECK(cudaGetLastError());
+    if (vec_hidden_)
+      kernels::expert_down_few<DW, true><<<few_down_grid, kGemvWarps * 32, 0, stream>>>(
+          h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), y_rows_.data());
+    else
+      kernels::expert_down_few<DW, false><<<few_down_grid, kGemvWarps * 32, 0, stream>>>(
+          h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), y_rows_.data());
+    MOE_CUDA_CHECK(cudaGetLastError());
+    // The other experts: 64-row tiles (expert_gemm.cuh). Their tiles number at most
+    // pairs / kTileRows plus one partial tile per such expert, of which there are at most
+    // pairs / (kFewRows + 1).
+    const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows +
+                                                 std::min<long long>(n_, pairs / (kFewRows + 1)));
+    const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
     const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
-    kernels::expert_down<DW><<<down_grid, kGemmThreads, 0, stream>>>(
-        h_.data(), max_hidden_, ex, offsets_.data(), tile_offsets_.data(), y_rows_.data());
+    if constexpr (std::is_same_v<DW, __nv_bfloat16>) {  // tensor cores (expert_mma.cuh)
+      kernels::expert_hidden_swiglu_mma<<<hidden_grid, kMmaThreads, 0, stream>>>(
+          x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      MOE_CUDA_CHECK(cudaGetLastError());
+      kernels::expert_down_mma<<<down_grid, kMmaThreads, 0, stream>>>(h_.data(), ldh_, ex, offsets_.data(),
+                                                                      tile_offsets_.data(), y_rows_.data());
+    } else {  // CUDA cores, float activations (expert_gemm.cuh)
+      kernels::expert_hidden_swiglu<DW><<<hidden_grid, kGemmThreads, 0, stream>>>(
+          x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      MOE_CUDA_CHECK(cudaGetLastError());
+      kernels::expert_down<DW><<<down_grid, kGemmThreads, 0, stream>>>(h_.data(), ldh_, ex, offsets_.data(),
+                                                                       tile_offsets_.data(), y_rows_.data());
+    }
     MOE_CUDA_CHECK(cudaGetLastError());
     kernels::combine<<<static_cast<unsigned>(t), 256, 0, stream>>>(
         y_rows_.data(), d, ids_.data(), weights_.data(), row_of_.data(), k_, scale_, y);
@@ -271,6 +309,8 @@ class DeviceMoELayer {
   Index d_;
   float scale_;
   Index max_hidden_ = 0;
+  Index ldh_ = 0;           ///< h's row stride: max_hidden_ rounded up to 8 (16-byte rows)
+  bool vec_hidden_ = true;  ///< every m_e a whole number of 16-byte weight vectors
   Index capacity_ = 0;
   DeviceRouterOptions opt_;
   DeviceBuffer<float> router_;
@@ -280,7 +320,7 @@ class DeviceMoELayer {
   // Workspace (reserve).
   DeviceBuffer<float> logits_, weights_, h_, y_rows_;
   DeviceBuffer<float> x_staging_, y_staging_;  // the host forward's copies of x and y
-  DeviceBuffer<int> ids_, counts_;
+  DeviceBuffer<int> ids_, counts_, few_experts_, num_few_;
   DeviceBuffer<long long> offsets_, tile_offsets_, sorted_pair_, row_of_;
   DeviceBuffer<unsigned> bad_token_;
 };

@@ -32,20 +32,27 @@ static __global__ void count_per_expert(const int* ids, long long pairs, int* co
   if (threadIdx.x == 0) counts[e] = c;
 }
 
-/// offsets[e] = Σ_{e' < e} counts[e'] and tile_offsets[e] = Σ_{e' < e} ceil(counts[e'] / tile_rows),
-/// n + 1 values each. One thread: n is an expert count (<= kMaxExperts).
-static __global__ void scan_counts(const int* counts, int n, int tile_rows, long long* offsets,
-                                   long long* tile_offsets) {
+/// offsets[e] = Σ_{e' < e} counts[e'] (n + 1 values); the experts with 1..few_rows pairs listed
+/// in few_experts[0 .. *num_few) (the matrix-vector path), and tile_offsets[e] = Σ_{e' < e} of
+/// ceil(counts[e'] / tile_rows) over the other experts only (the tile path; n + 1 values). One
+/// thread: n is an expert count (<= kMaxExperts).
+static __global__ void scan_counts(const int* counts, int n, int tile_rows, int few_rows, long long* offsets,
+                                   long long* tile_offsets, int* few_experts, int* num_few) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   long long rows = 0, tiles = 0;
+  int few = 0;
   for (int e = 0; e < n; ++e) {
     offsets[e] = rows;
     tile_offsets[e] = tiles;
     rows += counts[e];
-    tiles += (counts[e] + tile_rows - 1) / tile_rows;
+    if (counts[e] > few_rows)
+      tiles += (counts[e] + tile_rows - 1) / tile_rows;
+    else if (counts[e] > 0)
+      few_experts[few++] = e;
   }
   offsets[n] = rows;
   tile_offsets[n] = tiles;
+  *num_few = few;
 }
 
 /// Expert e's pairs, in pair order, get rows offsets[e], offsets[e] + 1, ...: sorted_pair[row] = a

@@ -35,34 +35,12 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
-/// logits(t, e) = Σ_i x(t, i)·W_r(i, e). One block per token; its warps take experts in turn, lane
-/// l sums i ≡ l (mod 32) in order, then warp_sum. w_router: column e at w_router + e·d (d x N,
-/// column-major, as RouterGate stores it).
-static __global__ void router_logits(const float* x, const float* w_router, long long d, int n,
-                                     float* logits) {
-  const long long t = blockIdx.x;
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const float* xt = x + t * d;
-  for (int e = warp; e < n; e += warps) {
-    const float* w = w_router + e * d;
-    float s = 0.0f;
-    for (long long i = lane; i < d; i += 32) s = fmaf(xt[i], w[i], s);
-    s = warp_sum(s);
-    if (lane == 0) logits[t * n + e] = s;
-  }
-}
-
-/// One thread per token: softmax over the n logits, top-k, weights. A token with a NaN or infinite
-/// logit gets every slot dropped (id -1, weight 0, so the later kernels stay in bounds) and its
-/// index is kept in *bad_token (the smallest such; 0xffffffff when none), which the host checks.
-static __global__ void top_k_weights(const float* logits, long long tokens, int n, int k,
-                                     DeviceRouterOptions opt, int* ids, float* weights, unsigned* bad_token) {
-  const long long t = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x;
-  if (t >= tokens) return;
-  const float* z = logits + t * n;
-  int* id = ids + t * k;
-  float* w = weights + t * k;
+/// Token t's routing from its n logits z: softmax, top-k, weights into id[0..k), w[0..k). A NaN or
+/// infinite logit drops every slot of the token (id -1, weight 0, so the later kernels stay in
+/// bounds) and keeps its index in *bad_token (the smallest such; 0xffffffff when none), which the
+/// host checks.
+__device__ inline void route_one(const float* z, long long t, int n, int k, const DeviceRouterOptions& opt,
+                                 int* id, float* w, unsigned* bad_token) {
   for (int e = 0; e < n; ++e)
     if (!isfinite(z[e])) {
       atomicMin(bad_token, static_cast<unsigned>(t));
@@ -91,6 +69,33 @@ static __global__ void top_k_weights(const float* logits, long long tokens, int 
     id[s] = best[s];
     w[s] = v[s];
   }
+}
+
+/// The router, one block per token (blockDim a multiple of 32): logits(t, e) = Σ_i x(t, i)·W_r(i, e)
+/// — the block's warps take experts in turn, lane l sums i ≡ l (mod 32) in order, then warp_sum —
+/// then one thread routes the token (route_one). One kernel, not two: at T = 1 a launch costs about
+/// what the whole routing does. w_router: column e at w_router + e·d (d x N, column-major, as
+/// RouterGate stores it). logits (T x N) are kept for inspection.
+static __global__ void route_tokens(const float* x, const float* w_router, long long d, int n, int k,
+                                    DeviceRouterOptions opt, float* logits, int* ids, float* weights,
+                                    unsigned* bad_token) {
+  __shared__ float z[kMaxExperts];
+  const long long t = blockIdx.x;
+  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
+  const int warps = static_cast<int>(blockDim.x / 32);
+  const float* xt = x + t * d;
+  for (int e = warp; e < n; e += warps) {
+    const float* w = w_router + e * d;
+    float s = 0.0f;
+    for (long long i = lane; i < d; i += 32) s = fmaf(xt[i], w[i], s);
+    s = warp_sum(s);
+    if (lane == 0) {
+      z[e] = s;
+      logits[t * n + e] = s;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) route_one(z, t, n, k, opt, ids + t * k, weights + t * k, bad_token);
 }
 
 }  // namespace kernels
