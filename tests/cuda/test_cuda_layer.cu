@@ -8,10 +8,11 @@
 // run on the tensor cores, which round the activations (x, then h) to bf16 (u = 2^-9) as the CPU
 // path's AVX512-BF16 kernels do; the CPU layer here (built without AVX512-BF16) keeps them in
 // float, so those outputs are compared within 4u, the bound the CPU's bf16 pair products are held
-// to against float activations (test_ffn, measured 2.3u there). The
-// router's logits likewise; its weights come from expf on each side (CUDA's expf is within 2 ulp,
-// so 1e-6). Expert choices are compared exactly given the same logits: two logits a rounding
-// apart can legitimately order differently when each side computes its own.
+// to against float activations (test_moe_layer, measured 2.3u there). The router's logits agree to
+// 1e-5 too; its weights come from expf on each side (CUDA's expf is within 2 ulp and glibc's
+// within 1, and each side's sum and division round once more: a few ulp, 2e-6). Expert choices
+// are compared exactly given the same logits: two logits a rounding apart can legitimately order
+// differently when each side computes its own.
 #define CATCH_CONFIG_RUNNER
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -62,7 +63,7 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   RouterScratch<float> scratch;
   route<float>(layer.config().router, logits, nullptr, layer.top_k(), cpu_ids, cpu_weights, scratch);
   CHECK(ids == cpu_ids);
-  CHECK(testutil::rel_err(weights, cpu_weights) <= 1e-6);
+  CHECK(testutil::rel_err(weights, cpu_weights) <= 2e-6);
   std::vector<int> histogram(static_cast<std::size_t>(layer.num_experts()), 0);
   for (Index i = 0; i < ids.size(); ++i) ++histogram[static_cast<std::size_t>(ids.data()[i])];
   CHECK(counts == histogram);
