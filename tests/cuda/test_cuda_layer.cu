@@ -146,6 +146,14 @@ TEST_CASE("CUDA layer: shapes and the workspace's size are checked", "[cuda]") {
   gpu.reserve(4);
   cuda::DeviceBuffer<float> xd(5 * 64), yd(5 * 64);
   CHECK_THROWS_WITH(gpu.forward(xd.data(), yd.data(), 5), Contains("workspace holds 4"));
+
+  // Host matrices with rows further apart than d (blocks of wider ones) give the same bits.
+  RowMatrix<float> y_packed(4, 64), x_wide = input(4, 80, 22), y_wide = RowMatrix<float>::Zero(4, 80);
+  x = x_wide.leftCols(64);
+  gpu.forward(x, y_packed);
+  gpu.forward(x_wide.leftCols(64), y_wide.leftCols(64));
+  CHECK(testutil::bitwise_equal(RowMatrix<float>(y_wide.leftCols(64)), y_packed));
+  CHECK(y_wide.rightCols(16).isZero(0));
 }
 
 TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", "[cuda]") {

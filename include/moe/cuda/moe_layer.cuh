@@ -209,7 +209,8 @@ class DeviceMoELayer {
       kernels::expert_down_few<DW, false><<<few_down_grid, kGemvWarps * 32, 0, stream>>>(
           h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), y_rows_.data());
     MOE_CUDA_CHECK(cudaGetLastError());
-    // The other experts: 64-row tiles (expert_gemm.cuh). Their tiles number at most
+    // The other experts: 64-row tiles (expert_mma.cuh for bf16, expert_gemm.cuh otherwise). Their
+    // tiles number at most
     // pairs / kTileRows plus one partial tile per such expert, of which there are at most
     // pairs / (kFewRows + 1).
     const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows +
@@ -248,13 +249,13 @@ class DeviceMoELayer {
     if (t == 0) return;
     x_staging_.reserve(static_cast<std::size_t>(t * d_));
     y_staging_.reserve(static_cast<std::size_t>(t * d_));
-    for (Index r = 0; r < t; ++r)  // rows may be strided on the host; packed on the device
-      MOE_CUDA_CHECK(cudaMemcpyAsync(x_staging_.data() + r * d_, x.row(r).data(), sizeof(float) * d_,
-                                     cudaMemcpyHostToDevice, stream));
+    // Host rows may lie outerStride apart; on the device they are packed (one 2D copy each way).
+    const std::size_t row_bytes = sizeof(float) * static_cast<std::size_t>(d_);
+    MOE_CUDA_CHECK(cudaMemcpy2DAsync(x_staging_.data(), row_bytes, x.data(), sizeof(float) * x.outerStride(),
+                                     row_bytes, t, cudaMemcpyHostToDevice, stream));
     forward(x_staging_.data(), y_staging_.data(), t, stream);
-    for (Index r = 0; r < t; ++r)
-      MOE_CUDA_CHECK(cudaMemcpyAsync(y.row(r).data(), y_staging_.data() + r * d_, sizeof(float) * d_,
-                                     cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaMemcpy2DAsync(y.data(), sizeof(float) * y.outerStride(), y_staging_.data(), row_bytes,
+                                     row_bytes, t, cudaMemcpyDeviceToHost, stream));
     check_routing(stream);
   }
 
