@@ -10,8 +10,8 @@
 # build-cuda/bench/moe_bench_cuda and .devdeps carried:
 #   bash bench/cuda_device_check.sh
 # If a carried binary does not start there (other system libraries), it is rebuilt with that
-# machine's nvcc from the carried headers. The steps' time limits add up to under 9 minutes, so
-# the whole check fits one device call (10 minutes at most).
+# machine's nvcc from the carried headers. The steps' time limits add up to under 10 minutes (one
+# device call at most); a run that fits well inside takes about half that.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,14 +56,21 @@ timeout 90 "$test_bin" 2>&1 | tee "$out/test.txt" | tail -30
 echo "test exit: ${PIPESTATUS[0]}"
 
 echo "== memcheck (small cases)"
-timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
+timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
   "CUDA layer: d and m not multiples of the tiles or of the 16-byte vectors" \
   "CUDA layer: N = 256, k = 8, most experts empty at T = 7" 2>&1 | tee "$out/memcheck.txt" | tail -8
 echo "memcheck exit: ${PIPESTATUS[0]}"
+
+echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
+for t in 1 2048; do
+  timeout 60 ncu --clock-control none --launch-count 11 --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+    "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
+  grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
+done
 
 echo "== moe_bench_cuda"
 timeout 200 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
 
 echo "== PyTorch torch._grouped_mm pipeline, same shapes"
-PYTHONUNBUFFERED=1 timeout 150 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
+PYTHONUNBUFFERED=1 timeout 120 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
   tee "$out/torch.txt"
