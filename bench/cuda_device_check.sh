@@ -63,7 +63,7 @@ echo "memcheck exit: ${PIPESTATUS[0]}"
 
 echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
 for t in 1 2048; do
-  timeout 60 ncu --clock-control none --launch-count 11 --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+  timeout 60 ncu --clock-control none --launch-count 9 --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
   grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
 done
