@@ -6,8 +6,9 @@
 //
 // Timing: each forward is captured in a CUDA graph and replayed; CUDA events around a batch of
 // replays, the median of the batches' per-forward times. The replays rotate over 8 different inputs
-// (8 graphs), so consecutive forwards route to different experts and the experts' weights (541 MB
-// in bf16 at N = 8) are not served from the 50-60 MB L2 cache as one input's two experts would be.
+// (8 graphs), so consecutive forwards route to different experts and the experts' weights (270 MB
+// in bf16 at N = 8; 34 MB an expert) are not served from the 50-60 MB L2 cache, as one input's
+// two experts could partly be.
 //
 // Reports per shape and T: µs per forward, GB/s of the weights of the experts that forward touched
 // (bytes of every expert with a token, averaged over the inputs), TFLOP/s (2·3·d·m per routed
