@@ -113,26 +113,23 @@ void run_shape(const std::string& name, Index d, Index m, int n, int k,
       MOE_CUDA_CHECK(cudaGraphDestroy(graph));
     }
     gpu.check_routing(stream);
-    // A batch: enough replays for ~2 ms, at least one round over the inputs.
-    for (int i = 0; i < 3 * kInputs; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(graphs[i % kInputs], stream));
-    MOE_CUDA_CHECK(cudaEventRecord(start, stream));
-    for (int i = 0; i < kInputs; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(graphs[i % kInputs], stream));
-    MOE_CUDA_CHECK(cudaEventRecord(stop, stream));
-    MOE_CUDA_CHECK(cudaEventSynchronize(stop));
-    float probe_ms = 0;
-    MOE_CUDA_CHECK(cudaEventElapsedTime(&probe_ms, start, stop));
-    const int per_batch = std::max(
-        kInputs, static_cast<int>(2.0 / std::max(1e-3, double(probe_ms) / kInputs)) / kInputs * kInputs);
-    std::vector<double> per_forward_us;
-    for (int b = 0; b < batches; ++b) {
+    // Milliseconds of `count` replays, rotating over the inputs.
+    const auto replay_ms = [&](int count) {
       MOE_CUDA_CHECK(cudaEventRecord(start, stream));
-      for (int i = 0; i < per_batch; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(graphs[i % kInputs], stream));
+      for (int i = 0; i < count; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(graphs[i % kInputs], stream));
       MOE_CUDA_CHECK(cudaEventRecord(stop, stream));
       MOE_CUDA_CHECK(cudaEventSynchronize(stop));
       float ms = 0;
       MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      per_forward_us.push_back(1e3 * double(ms) / per_batch);
-    }
+      return double(ms);
+    };
+    replay_ms(3 * kInputs);  // warm-up
+    // A batch: enough replays for ~2 ms, at least one round over the inputs.
+    const double probe_ms = replay_ms(kInputs);
+    const int per_batch =
+        std::max(kInputs, static_cast<int>(2.0 / std::max(1e-3, probe_ms / kInputs)) / kInputs * kInputs);
+    std::vector<double> per_forward_us;
+    for (int b = 0; b < batches; ++b) per_forward_us.push_back(1e3 * replay_ms(per_batch) / per_batch);
     for (auto g : graphs) MOE_CUDA_CHECK(cudaGraphExecDestroy(g));
     std::sort(per_forward_us.begin(), per_forward_us.end());
     const double us = per_forward_us[per_forward_us.size() / 2];

@@ -72,6 +72,21 @@ struct DeviceExperts {
   long long d;
 };
 
+/// A thread's 4 x 4 outputs: rows ty·4 + i of the tile (those it has), columns c0 + tx·4 + j below
+/// cols, value(i, j) each; row r of the output at out + r·ld.
+template <class Value>
+__device__ inline void write_thread_outputs(const ExpertTile& tile, int ty, int tx, long long c0,
+                                            long long cols, float* out, long long ld, Value value) {
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty * 4 + i;
+    if (r >= tile.rows) continue;
+    for (int j = 0; j < 4; ++j) {
+      const long long c = c0 + tx * 4 + j;
+      if (c < cols) out[(tile.row0 + r) * ld + c] = value(i, j);
+    }
+  }
+}
+
 /// h(row, :) for the rows of one expert tile and 64 of its hidden columns:
 /// h = (x·W_up) ⊙ SiLU(x·W_gate), x's rows gathered by token (row r is token sorted_pair[r] / k).
 /// h: row r at h + r·ldh. Grid: (row tiles bound, ceil(max m / 64)); kGemmThreads threads.
@@ -129,14 +144,8 @@ __global__ void __launch_bounds__(kGemmThreads)
     }
     __syncthreads();
   }
-  for (int i = 0; i < 4; ++i) {
-    const int r = ty * 4 + i;
-    if (r >= tile.rows) continue;
-    for (int j = 0; j < 4; ++j) {
-      const long long c = c0 + tx * 4 + j;
-      if (c < m) h[(tile.row0 + r) * ldh + c] = acc_u[i][j] * silu(acc_g[i][j]);
-    }
-  }
+  write_thread_outputs(tile, ty, tx, c0, m, h, ldh,
+                       [&](int i, int j) { return acc_u[i][j] * silu(acc_g[i][j]); });
 }
 
 /// y_rows(row, :) = h(row, :)·W_down of the row's expert, for one expert tile and 64 of the d
@@ -185,14 +194,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     }
     __syncthreads();
   }
-  for (int i = 0; i < 4; ++i) {
-    const int r = ty * 4 + i;
-    if (r >= tile.rows) continue;
-    for (int j = 0; j < 4; ++j) {
-      const long long c = c0 + tx * 4 + j;
-      if (c < d) y_rows[(tile.row0 + r) * d + c] = acc[i][j];
-    }
-  }
+  write_thread_outputs(tile, ty, tx, c0, d, y_rows, d, [&](int i, int j) { return acc[i][j]; });
 }
 
 }  // namespace kernels
