@@ -34,6 +34,19 @@ inline int device_count() {
   return n;
 }
 
+/// kernel<<<grid, block, 0, stream>>>(args...), then the launch's check (cudaGetLastError): a
+/// configuration the GPU refuses throws here, not at the next synchronisation. (Built against the
+/// CPU emulator of tests/cuda/emulator, which defines MOE_CUDA_EMULATION, the kernel runs there.)
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+#if defined(MOE_CUDA_EMULATION)
+  moe_emulation::launch(kernel, grid, block, stream, std::forward<Args>(args)...);
+#else
+  kernel<<<grid, block, 0, stream> > >(std::forward<Args>(args)...);
+#endif
+  MOE_CUDA_CHECK(cudaGetLastError());
+}
+
 /// n values of T in device memory (cudaMalloc), uninitialised. Grows on reserve(), never shrinks;
 /// move-only.
 template <class T>

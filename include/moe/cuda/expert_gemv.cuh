@@ -51,10 +51,9 @@ __device__ inline void load_widened(const __half* p, float* out) {
   const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
   const unsigned words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
+  for (int i = 0; i < 4; ++i) {  // the lower address is the low half of the word
+    out[2 * i] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] & 0xffffu)));
+    out[2 * i + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(words[i] >> 16)));
   }
 }
 

@@ -173,18 +173,14 @@ class DeviceMoELayer {
     MOE_CHECK(x && y && x != y, "CUDA MoE layer: x and y must be distinct device pointers");
     const long long t = tokens, pairs = t * k_, d = d_;
     MOE_CUDA_CHECK(cudaMemsetAsync(bad_token_.data(), 0xff, sizeof(unsigned), stream));
-    kernels::route_tokens<<<static_cast<unsigned>(t), 256, 0, stream>>>(
-        x, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(), weights_.data(), bad_token_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::count_per_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(ids_.data(), pairs,
-                                                                             counts_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::scan_counts<<<1, 1, 0, stream>>>(counts_.data(), n_, kTileRows, kFewRows, offsets_.data(),
-                                              tile_offsets_.data(), few_experts_.data(), num_few_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::scatter_by_expert<<<static_cast<unsigned>(n_), 256, 0, stream>>>(
-        ids_.data(), pairs, offsets_.data(), sorted_pair_.data(), row_of_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
+    launch(kernels::route_tokens, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_, opt_,
+           logits_.data(), ids_.data(), weights_.data(), bad_token_.data());
+    launch(kernels::count_per_expert, static_cast<unsigned>(n_), 256, stream, ids_.data(), pairs,
+           counts_.data());
+    launch(kernels::scan_counts, 1, 1, stream, counts_.data(), n_, kTileRows, kFewRows, offsets_.data(),
+           tile_offsets_.data(), few_experts_.data(), num_few_.data());
+    launch(kernels::scatter_by_expert, static_cast<unsigned>(n_), 256, stream, ids_.data(), pairs,
+           offsets_.data(), sorted_pair_.data(), row_of_.data());
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
     // Experts with 1..kFewRows rows: matrix-vector products (expert_gemv.cuh). At most
@@ -193,47 +189,32 @@ class DeviceMoELayer {
     const bool vec_x = d % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
     const dim3 few_hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
     const dim3 few_down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
-    if (vec_x)
-      kernels::expert_hidden_swiglu_few<DW, true><<<few_hidden_grid, kGemvWarps * 32, 0, stream>>>(
-          x, sorted_pair_.data(), k_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), h_.data(),
-          ldh_);
-    else
-      kernels::expert_hidden_swiglu_few<DW, false><<<few_hidden_grid, kGemvWarps * 32, 0, stream>>>(
-          x, sorted_pair_.data(), k_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), h_.data(),
-          ldh_);
-    MOE_CUDA_CHECK(cudaGetLastError());
-    if (vec_hidden_)
-      kernels::expert_down_few<DW, true><<<few_down_grid, kGemvWarps * 32, 0, stream>>>(
-          h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), y_rows_.data());
-    else
-      kernels::expert_down_few<DW, false><<<few_down_grid, kGemvWarps * 32, 0, stream>>>(
-          h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(), num_few_.data(), y_rows_.data());
-    MOE_CUDA_CHECK(cudaGetLastError());
+    launch(vec_x ? kernels::expert_hidden_swiglu_few<DW, true> : kernels::expert_hidden_swiglu_few<DW, false>,
+           few_hidden_grid, kGemvWarps * 32, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+           few_experts_.data(), num_few_.data(), h_.data(), ldh_);
+    launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
+           few_down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
+           num_few_.data(), y_rows_.data());
     // The other experts: 64-row tiles (expert_mma.cuh for bf16, expert_gemm.cuh otherwise). Their
-    // tiles number at most
-    // pairs / kTileRows plus one partial tile per such expert, of which there are at most
-    // pairs / (kFewRows + 1).
+    // tiles number at most pairs / kTileRows plus one partial tile per such expert, of which there
+    // are at most pairs / (kFewRows + 1).
     const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows +
                                                  std::min<long long>(n_, pairs / (kFewRows + 1)));
     const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
     const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
     if constexpr (std::is_same_v<DW, __nv_bfloat16>) {  // tensor cores (expert_mma.cuh)
-      kernels::expert_hidden_swiglu_mma<<<hidden_grid, kMmaThreads, 0, stream>>>(
-          x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-      MOE_CUDA_CHECK(cudaGetLastError());
-      kernels::expert_down_mma<<<down_grid, kMmaThreads, 0, stream>>>(h_.data(), ldh_, ex, offsets_.data(),
-                                                                      tile_offsets_.data(), y_rows_.data());
+      launch(kernels::expert_hidden_swiglu_mma, hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_,
+             ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      launch(kernels::expert_down_mma, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(),
+             tile_offsets_.data(), y_rows_.data());
     } else {  // CUDA cores, float activations (expert_gemm.cuh)
-      kernels::expert_hidden_swiglu<DW><<<hidden_grid, kGemmThreads, 0, stream>>>(
-          x, sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-      MOE_CUDA_CHECK(cudaGetLastError());
-      kernels::expert_down<DW><<<down_grid, kGemmThreads, 0, stream>>>(h_.data(), ldh_, ex, offsets_.data(),
-                                                                       tile_offsets_.data(), y_rows_.data());
+      launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(), k_,
+             ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      launch(kernels::expert_down<DW>, down_grid, kGemmThreads, stream, h_.data(), ldh_, ex, offsets_.data(),
+             tile_offsets_.data(), y_rows_.data());
     }
-    MOE_CUDA_CHECK(cudaGetLastError());
-    kernels::combine<<<static_cast<unsigned>(t), 256, 0, stream>>>(
-        y_rows_.data(), d, ids_.data(), weights_.data(), row_of_.data(), k_, scale_, y);
-    MOE_CUDA_CHECK(cudaGetLastError());
+    launch(kernels::combine, static_cast<unsigned>(t), 256, stream, y_rows_.data(), d, ids_.data(),
+           weights_.data(), row_of_.data(), k_, scale_, y);
   }
 
   /// The host convenience: copies x in, runs forward, copies y out, synchronises, and throws

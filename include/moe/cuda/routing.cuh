@@ -9,6 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include <cmath>
+
 #include "moe/math.hpp"
 
 namespace moe::cuda {
@@ -42,7 +44,7 @@ __device__ inline float warp_sum(float v) {
 __device__ inline void route_one(const float* z, long long t, int n, int k, const DeviceRouterOptions& opt,
                                  int* id, float* w, unsigned* bad_token) {
   for (int e = 0; e < n; ++e)
-    if (!isfinite(z[e])) {
+    if (!std::isfinite(z[e])) {
       atomicMin(bad_token, static_cast<unsigned>(t));
       for (int s = 0; s < k; ++s) {
         id[s] = -1;

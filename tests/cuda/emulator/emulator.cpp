@@ -1,0 +1,416 @@
+// The CUDA emulator's runtime (emulator.hpp): fibers for the threads of a block, barriers, device
+// memory on the host heap, streams that run their work at once or record it into a graph.
+#include "emulator.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define MOE_EMU_ASAN 1
+#endif
+
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch is written for x86-64"
+#endif
+
+// moe_emu_switch(save, load): pushes the callee-saved registers, saves the stack pointer into
+// *save, and resumes the context whose stack pointer is `load`. (The floating-point control words
+// are not switched: kernels do not change the rounding mode.)
+extern "C" void moe_emu_switch(void** save, void* load);
+asm(R"(
+  .text
+  .globl moe_emu_switch
+  .type moe_emu_switch, @function
+moe_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size moe_emu_switch, .-moe_emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+namespace moe_emulation {
+namespace {
+
+[[noreturn]] void fail(const char* what) {
+  std::fprintf(stderr, "CUDA emulator: %s (block %u,%u, thread %u)\n", what, blockIdx.x, blockIdx.y,
+               threadIdx.x);
+  std::abort();
+}
+
+/// Threads arrive; the last live one releases them. Exited threads no longer count (as on sm_70+).
+struct Barrier {
+  int expected = 0;
+  int arrived = 0;
+  unsigned generation = 0;
+};
+
+constexpr std::size_t kStackBytes = 256 * 1024;
+
+struct Fiber {
+  void* stack_base = nullptr;  // mmap'd, lowest page a guard
+  void* sp = nullptr;
+  bool done = false;
+  bool exited_warp_op = false;
+#if defined(MOE_EMU_ASAN)
+  void* fake_stack = nullptr;
+#endif
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<Barrier> warp_barriers;
+  std::vector<WarpScratch> warp_scratch;
+  std::vector<int> warp_live;
+  Barrier barrier;
+  const std::function<void()>* body = nullptr;
+  void* scheduler_sp = nullptr;
+  unsigned current = 0;
+  unsigned long long events = 0;  // arrivals, releases and exits: progress
+#if defined(MOE_EMU_ASAN)
+  void* scheduler_fake_stack = nullptr;
+  const void* scheduler_stack_bottom = nullptr;
+  std::size_t scheduler_stack_size = 0;
+#endif
+};
+
+Block g_block;
+cudaError_t g_last_error = cudaSuccess;
+
+void* new_stack() {
+  void* p = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) fail("mmap of a fiber stack failed");
+  mprotect(p, static_cast<std::size_t>(sysconf(_SC_PAGESIZE)), PROT_NONE);  // overflow faults
+  return p;
+}
+
+Fiber& current_fiber() { return g_block.fibers[g_block.current]; }
+
+// Switching, with AddressSanitizer told which stack is live.
+void to_scheduler(bool finished) {
+  Fiber& f = current_fiber();
+#if defined(MOE_EMU_ASAN)
+  __sanitizer_start_switch_fiber(finished ? nullptr : &f.fake_stack, g_block.scheduler_stack_bottom,
+                                 g_block.scheduler_stack_size);
+#endif
+  (void)finished;
+  moe_emu_switch(&f.sp, g_block.scheduler_sp);
+#if defined(MOE_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(current_fiber().fake_stack, nullptr, nullptr);
+#endif
+}
+
+extern "C" [[noreturn]] void moe_emu_fiber_entry() {
+#if defined(MOE_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &g_block.scheduler_stack_bottom, &g_block.scheduler_stack_size);
+#endif
+  (*g_block.body)();
+  Fiber& f = current_fiber();
+  f.done = true;
+  ++g_block.events;
+  // An exited thread leaves the block barrier; a warp op waiting on it is a bug in the kernel.
+  Barrier& b = g_block.barrier;
+  if (--b.expected == b.arrived && b.arrived > 0) {
+    b.arrived = 0;
+    ++b.generation;
+  }
+  --g_block.warp_live[threadIdx.x / 32];
+  to_scheduler(true);
+  fail("a finished fiber was resumed");
+}
+
+void wait(Barrier& b) {
+  const unsigned generation = b.generation;
+  ++g_block.events;
+  if (++b.arrived == b.expected) {
+    b.arrived = 0;
+    ++b.generation;
+    return;
+  }
+  while (b.generation == generation) to_scheduler(false);
+}
+
+/// A fresh stack whose first switch "returns" into moe_emu_fiber_entry (see moe_emu_switch).
+void prepare(Fiber& f) {
+  auto* top = reinterpret_cast<std::uint64_t*>(static_cast<char*>(f.stack_base) + kStackBytes);
+  top[-1] = 0;  // entry's return address: it never returns
+  top[-2] = reinterpret_cast<std::uint64_t>(&moe_emu_fiber_entry);
+  for (int i = 3; i <= 8; ++i) top[-i] = 0;  // rbp, rbx, r12..r15
+  f.sp = &top[-8];
+  f.done = false;
+}
+
+}  // namespace
+
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+  const unsigned threads = block.x, warps = (threads + 31) / 32;
+  Block& b = g_block;
+  while (b.fibers.size() < threads) {
+    b.fibers.emplace_back();
+    b.fibers.back().stack_base = new_stack();
+  }
+  b.warp_barriers.assign(warps, Barrier{});
+  b.warp_scratch.assign(warps, WarpScratch{});
+  b.body = &body;
+  blockDim = block;
+  gridDim = grid;
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
+      blockIdx = {bx, by, 0};
+      b.barrier = Barrier{};
+      b.barrier.expected = static_cast<int>(threads);
+      b.warp_live.assign(warps, 0);
+      for (unsigned w = 0; w < warps; ++w) {
+        b.warp_barriers[w] = Barrier{};
+        b.warp_barriers[w].expected = static_cast<int>(std::min(32u, threads - 32 * w));
+        b.warp_live[w] = b.warp_barriers[w].expected;
+      }
+      for (unsigned t = 0; t < threads; ++t) prepare(b.fibers[t]);
+      unsigned live = threads;
+      while (live > 0) {
+        const unsigned long long before = b.events;
+        for (unsigned t = 0; t < threads; ++t) {
+          if (b.fibers[t].done) continue;
+          b.current = t;
+          threadIdx = {t, 0, 0};
+#if defined(MOE_EMU_ASAN)
+          __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, b.fibers[t].stack_base, kStackBytes);
+#endif
+          moe_emu_switch(&b.scheduler_sp, b.fibers[t].sp);
+#if defined(MOE_EMU_ASAN)
+          __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
+#endif
+          if (b.fibers[t].done) --live;
+        }
+        if (live > 0 && b.events == before) fail("deadlock: threads wait at a barrier others never reach");
+      }
+    }
+}
+
+void sync_block() { wait(g_block.barrier); }
+
+void sync_warp() {
+  const unsigned w = threadIdx.x / 32;
+  Barrier& b = g_block.warp_barriers[w];
+  if (g_block.warp_live[w] != b.expected) fail("a warp-wide operation with lanes that have exited");
+  wait(b);
+}
+
+WarpScratch& warp_scratch() { return g_block.warp_scratch[threadIdx.x / 32]; }
+
+// ---- the runtime: launches, memory, streams, graphs -------------------------------------------
+
+bool valid_launch(dim3 grid, dim3 block) {
+  const bool ok = block.x >= 1 && block.x <= 1024 && block.y == 1 && block.z == 1 && grid.x >= 1 &&
+                  grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z == 1;
+  if (!ok) g_last_error = cudaErrorInvalidConfiguration;
+  return ok;
+}
+
+namespace {
+
+struct Allocation {
+  std::size_t bytes;
+};
+std::map<const char*, Allocation> g_allocations;  // "device" memory: host heap blocks
+bool g_capturing = false;                         // some stream is being captured
+
+/// The allocation holding [p, p + bytes), or null.
+const Allocation* find_device(const void* p, std::size_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  auto it = g_allocations.upper_bound(c);
+  if (it == g_allocations.begin()) return nullptr;
+  --it;
+  return c + bytes <= it->first + it->second.bytes ? &it->second : nullptr;
+}
+
+cudaError_t set(cudaError_t e) {
+  if (e != cudaSuccess) g_last_error = e;
+  return e;
+}
+
+/// Device sides of a copy must lie inside an allocation (host sides cannot be checked).
+bool copy_ok(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  return (!dst_device || find_device(dst, bytes)) && (!src_device || find_device(src, bytes));
+}
+
+}  // namespace
+}  // namespace moe_emulation
+
+struct CUstream_st {
+  bool capturing = false;
+  std::vector<std::function<void()>> recorded;
+};
+struct CUgraph_st {
+  std::vector<std::function<void()>> ops;
+};
+struct CUgraphExec_st {
+  std::vector<std::function<void()>> ops;
+};
+
+void moe_emulation::enqueue(cudaStream_t stream, std::function<void()> op) {
+  if (stream && stream->capturing)
+    stream->recorded.push_back(std::move(op));
+  else
+    op();
+}
+
+using namespace moe_emulation;
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaGetLastError() { return std::exchange(g_last_error, cudaSuccess); }
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer:
+      return "cudaErrorInvalidDevicePointer";
+    case cudaErrorStreamCaptureUnsupported:
+      return "cudaErrorStreamCaptureUnsupported";
+  }
+  return "unknown";
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInvalidDevicePointer:
+      return "invalid device pointer (emulator: outside every allocation)";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing (emulator: allocation, synchronous copy or "
+             "synchronisation)";
+  }
+  return "unknown error";
+}
+
+cudaError_t cudaMalloc(void** p, std::size_t bytes) {
+  if (g_capturing) return set(cudaErrorStreamCaptureUnsupported);  // forward must not allocate
+  // Exactly `bytes` (AddressSanitizer then flags any access past the end), 256-byte aligned as
+  // cudaMalloc's blocks are.
+  void* q = nullptr;
+  if (bytes && posix_memalign(&q, 256, bytes) != 0) return set(cudaErrorMemoryAllocation);
+  if (q) g_allocations[static_cast<const char*>(q)] = {bytes};
+  *p = q;
+  return cudaSuccess;
+}
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  if (g_capturing) return set(cudaErrorStreamCaptureUnsupported);
+  if (g_allocations.erase(static_cast<const char*>(p)) == 0) return set(cudaErrorInvalidDevicePointer);
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  if (g_capturing) return set(cudaErrorStreamCaptureUnsupported);
+  if (!copy_ok(dst, src, bytes, kind)) return set(cudaErrorInvalidDevicePointer);
+  if (bytes) std::memcpy(dst, src, bytes);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  if (!copy_ok(dst, src, bytes, kind)) return set(cudaErrorInvalidDevicePointer);
+  enqueue(stream, [=] {
+    if (bytes) std::memcpy(dst, src, bytes);
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dpitch, const void* src, std::size_t spitch,
+                              std::size_t width, std::size_t height, cudaMemcpyKind kind,
+                              cudaStream_t stream) {
+  if (width > dpitch || width > spitch) return set(cudaErrorInvalidValue);
+  if (height == 0 || width == 0) return cudaSuccess;
+  const std::size_t dst_span = dpitch * (height - 1) + width, src_span = spitch * (height - 1) + width;
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if ((dst_device && !find_device(dst, dst_span)) || (src_device && !find_device(src, src_span)))
+    return set(cudaErrorInvalidDevicePointer);
+  enqueue(stream, [=] {
+    for (std::size_t r = 0; r < height; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch, width);
+  });
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* p, int value, std::size_t bytes, cudaStream_t stream) {
+  if (!find_device(p, bytes)) return set(cudaErrorInvalidDevicePointer);
+  enqueue(stream, [=] { std::memset(p, value, bytes); });
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  *s = new CUstream_st;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {  // work ran when it was queued
+  if (s && s->capturing) return set(cudaErrorStreamCaptureUnsupported);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (!s || s->capturing) return set(cudaErrorInvalidValue);
+  s->capturing = g_capturing = true;
+  s->recorded.clear();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  if (!s || !s->capturing) return set(cudaErrorInvalidValue);
+  s->capturing = g_capturing = false;
+  *graph = new CUgraph_st{std::move(s->recorded)};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  *exec = new CUgraphExec_st{graph->ops};
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  for (const auto& op : exec->ops) enqueue(s, op);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete exec;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete graph;
+  return cudaSuccess;
+}

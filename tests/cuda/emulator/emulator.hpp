@@ -1,0 +1,182 @@
+// A CPU emulator of the slice of CUDA that moe's kernels use, so the CUDA path's tests run on
+// machines without a GPU (CI, this project's development machines): every CUDA thread of a block
+// is a fiber, and the block's fibers run one at a time on the calling thread until each reaches a
+// barrier (__syncthreads, or a warp-wide intrinsic), so shared memory, barriers and warp
+// collectives behave as on a GPU, deterministically. "Device" memory is host heap memory, so
+// AddressSanitizer checks every kernel access.
+//
+// What it proves: the kernels' indexing, synchronisation and numerics, the host code's launch
+// configurations, and that a forward allocates nothing and copies nothing synchronously while a
+// stream is captured. What it cannot: timing, the memory model of a real GPU (a missing
+// __syncthreads between two warps can go unnoticed, as fibers switch only at barriers), and the
+// tensor cores' exact accumulation order (mma_sync sums in k order, in float).
+//
+// Test code only: the shims in include/ (cuda_runtime.h, cuda_bf16.h, cuda_fp16.h, mma.h) stand
+// in for the toolkit's headers and define MOE_CUDA_EMULATION, which moe::cuda::launch (check.cuh)
+// uses instead of <<<...>>>. x86-64 Linux only (the fiber switch is eight instructions of
+// assembly).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <utility>
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
+// The built-in variables, set by the emulator before it resumes each fiber.
+inline uint3 threadIdx{}, blockIdx{};
+inline dim3 blockDim, gridDim;
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorStreamCaptureUnsupported = 900,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4
+};
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2
+};
+struct CUstream_st;
+struct CUgraph_st;
+struct CUgraphExec_st;
+using cudaStream_t = CUstream_st*;
+using cudaGraph_t = CUgraph_st*;
+using cudaGraphExec_t = CUgraphExec_st*;
+
+// The runtime API calls moe and its tests make (emulator.cpp).
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaGetLastError();
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaMalloc(void** p, std::size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream = nullptr);
+cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dpitch, const void* src, std::size_t spitch,
+                              std::size_t width, std::size_t height, cudaMemcpyKind kind,
+                              cudaStream_t stream = nullptr);
+cudaError_t cudaMemsetAsync(void* p, int value, std::size_t bytes, cudaStream_t stream = nullptr);
+cudaError_t cudaStreamCreate(cudaStream_t* s);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+
+namespace moe_emulation {
+
+/// Runs `op` now, or records it when `stream` is being captured into a graph.
+void enqueue(cudaStream_t stream, std::function<void()> op);
+/// Checks a launch configuration (sets the last error and returns false if the GPU would refuse it).
+bool valid_launch(dim3 grid, dim3 block);
+/// Runs body once per thread of every block of the grid (one block at a time, its threads as fibers).
+void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+/// Waits until every live thread of the block, or every lane of the warp, has arrived.
+void sync_block();
+void sync_warp();
+/// The calling lane's warp's exchange area: 32 words for shuffles and ballots, three 16 x 16 float
+/// tiles for mma_sync.
+struct WarpScratch {
+  std::uint64_t word[32];
+  float a[256], b[256], c[256];
+};
+WarpScratch& warp_scratch();
+
+/// kernel<<<grid, block, 0, stream>>>(args...): the arguments are copied, as a launch copies them.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  if (!valid_launch(grid, block)) return;
+  std::function<void()> body = [kernel, params = std::make_tuple(static_cast<Params>(args)...)] {
+    std::apply(kernel, params);
+  };
+  enqueue(stream, [grid, block, body] { run_grid(grid, block, body); });
+}
+
+}  // namespace moe_emulation
+
+// Device qualifiers and intrinsics. Shared memory: a function-local static, which every thread of
+// the block sees (blocks run one after another).
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+inline void __syncthreads() { moe_emulation::sync_block(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+  static_assert(sizeof(T) <= sizeof(std::uint64_t), "__shfl_xor_sync: at most 8 bytes");
+  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
+  const unsigned lane = threadIdx.x % 32;
+  (void)mask;
+  std::memcpy(&w.word[lane], &v, sizeof v);
+  moe_emulation::sync_warp();
+  T r;
+  std::memcpy(&r, &w.word[(lane ^ static_cast<unsigned>(lane_mask)) % 32], sizeof r);
+  moe_emulation::sync_warp();
+  return r;
+}
+
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
+  const unsigned lane = threadIdx.x % 32;
+  w.word[lane] = predicate ? 1 : 0;
+  moe_emulation::sync_warp();
+  unsigned bits = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (w.word[l]) bits |= 1u << l;
+  moe_emulation::sync_warp();
+  return bits & mask;
+}
+
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline float __uint_as_float(unsigned v) {
+  float f;
+  std::memcpy(&f, &v, sizeof f);
+  return f;
+}
+template <class T>
+T __ldg(const T* p) {
+  return *p;
+}
+inline unsigned atomicMin(unsigned* p, unsigned v) {  // one OS thread runs every fiber
+  const unsigned old = *p;
+  if (v < old) *p = v;
+  return old;
+}
