@@ -42,7 +42,10 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 #if defined(MOE_CUDA_EMULATION)
   moe_emulation::launch(kernel, grid, block, stream, std::forward<Args>(args)...);
 #else
-  kernel<<<grid, block, 0, stream> > >(std::forward<Args>(args)...);
+  // (clang-format splits this launch's closing >>> inside a function template)
+  // clang-format off
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
   MOE_CUDA_CHECK(cudaGetLastError());
 }
