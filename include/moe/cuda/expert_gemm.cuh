@@ -8,9 +8,9 @@
 // tile_offsets; blocks past the last tile return. So a forward needs no device-to-host copy.
 //
 // These tiles are a plain shared-memory product on the CUDA cores, with FP32 accumulation of float
-// activations and weights widened exactly (float and half weights; bf16 weights take the same
-// tiles on the tensor cores, expert_mma.cuh). Each output is one thread's
-// sum over k in order (fused multiply-add): the same bits on every run.
+// activations and weights widened exactly: the float weights' path (bf16 and fp16 weights take the
+// same tiles on the tensor cores, expert_mma.cuh; the kernels still accept them). Each output is
+// one thread's sum over k in order (fused multiply-add): the same bits on every run.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,16 +1,19 @@
-// moe — the prefill path of the CUDA grouped expert products for bf16 weights: the 64-row tiles of
-// expert_gemm.cuh on the tensor cores (WMMA, bf16 x bf16 products, float accumulation).
+// moe — the prefill path of the CUDA grouped expert products for bf16 and fp16 weights: the 64-row
+// tiles of expert_gemm.cuh on the tensor cores (WMMA, 16-bit x 16-bit products, float accumulation).
 //
-// The tensor cores multiply bf16 by bf16, so the activations are rounded to bf16 as the tiles are
-// loaded (x in the gate-up product, h in the down product) — as the CPU path does with AVX512-BF16
-// (many_rows_matmul's bf16 pairs) and as PyTorch's and llama.cpp's bf16 paths do. Each product
-// is exact in float; the sums are float. Same grid, tile mapping and epilogues as the CUDA-core
+// The tensor cores multiply two values of the same 16-bit type, so the activations are rounded to
+// the weights' type (to nearest even) as the tiles are loaded (x in the gate-up product, h in the
+// down product) — for bf16 as the CPU path does with AVX512-BF16 (many_rows_matmul's bf16 pairs),
+// and as PyTorch's and llama.cpp's bf16 and fp16 paths do. With fp16 weights an activation beyond
+// ±65504 becomes ±inf (fp16's range; bf16 has float's). Each product is exact in float; the sums
+// are float. Same grid, tile mapping and epilogues as the CUDA-core
 // tiles; a block's four warps each own a 32 x 32 quarter of its 64 x 64 output tile. The
 // accumulators go through shared memory to the output, so partial tiles write only their rows and
 // columns. Determinism: the same instructions in the same order on every run.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -27,36 +30,49 @@ namespace kernels {
 namespace mma_tile {
 constexpr int kLd = kMmaDepth + 8;     // bf16 row of a stage, padded (a multiple of 8; 80-byte rows)
 constexpr int kOutLd = kTileCols + 4;  // float staging row (a multiple of 4)
-using AFrag =
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::row_major>;
-using BFrag =
-    nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, __nv_bfloat16, nvcuda::wmma::col_major>;
+template <class T16>
+using AFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T16, nvcuda::wmma::row_major>;
+template <class T16>
+using BFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T16, nvcuda::wmma::col_major>;
 using CFrag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
 
-/// Stage rows [0, 64) x k [k0, k0 + 32) of A, rounded to bf16: a_s[r][kk] = A(r, k0 + kk), zero
+/// v rounded to nearest even in the 16-bit type.
+template <class T16>
+__device__ inline T16 round_to(float v);
+template <>
+__device__ inline __nv_bfloat16 round_to<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ inline __half round_to<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+/// Stage rows [0, 64) x k [k0, k0 + 32) of A, rounded to T16: a_s[r][kk] = A(r, k0 + kk), zero
 /// outside rows < valid rows (row(r) < 0) and k < depth. Thread t fills 16 consecutive k of row t / 2.
-__device__ inline void stage_a(const float* const* rows, long long k0, long long depth,
-                               __nv_bfloat16 (*a_s)[kLd]) {
+template <class T16>
+__device__ inline void stage_a(const float* const* rows, long long k0, long long depth, T16 (*a_s)[kLd]) {
   const int r = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
   const float* row = rows[r];
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
     const long long k = k0 + kk0 + i;
-    a_s[r][kk0 + i] = __float2bfloat16_rn(row && k < depth ? row[k] : 0.0f);
+    a_s[r][kk0 + i] = round_to<T16>(row && k < depth ? row[k] : 0.0f);
   }
 }
 
 /// Stage columns [c0, c0 + 64) x k [k0, k0 + 32) of weights w (column c at w + c·depth) as
 /// b_s[c - c0][kk], zero outside c < cols and k < depth.
-__device__ inline void stage_b(const __nv_bfloat16* w, long long c0, long long cols, long long k0,
-                               long long depth, __nv_bfloat16 (*b_s)[kLd]) {
+template <class T16>
+__device__ inline void stage_b(const T16* w, long long c0, long long cols, long long k0, long long depth,
+                               T16 (*b_s)[kLd]) {
   const int c = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
   const bool in_col = c0 + c < cols;
-  const __nv_bfloat16* col = w + (c0 + c) * depth;
+  const T16* col = w + (c0 + c) * depth;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
     const long long k = k0 + kk0 + i;
-    b_s[c][kk0 + i] = in_col && k < depth ? col[k] : __float2bfloat16_rn(0.0f);
+    b_s[c][kk0 + i] = in_col && k < depth ? col[k] : round_to<T16>(0.0f);
   }
 }
 
@@ -71,24 +87,26 @@ __device__ inline void write_tile(const float (*out_s)[kOutLd], int rows, long l
 }
 }  // namespace mma_tile
 
-/// expert_hidden_swiglu on the tensor cores (bf16 weights): h = (x·W_up) ⊙ SiLU(x·W_gate) for one
-/// expert tile and 64 hidden columns, x rounded to bf16. Grid as expert_hidden_swiglu; kMmaThreads.
-static __global__ void __launch_bounds__(kMmaThreads)
-    expert_hidden_swiglu_mma(const float* x, const long long* sorted_pair, int k,
-                             DeviceExperts<__nv_bfloat16> ex, const long long* offsets,
-                             const long long* tile_offsets, float* h, long long ldh) {
+/// expert_hidden_swiglu on the tensor cores (T16 = bf16 or fp16 weights): h = (x·W_up) ⊙
+/// SiLU(x·W_gate) for one expert tile and 64 hidden columns, x rounded to T16. Grid as
+/// expert_hidden_swiglu; kMmaThreads threads.
+template <class T16>
+__global__ void __launch_bounds__(kMmaThreads)
+    expert_hidden_swiglu_mma(const float* x, const long long* sorted_pair, int k, DeviceExperts<T16> ex,
+                             const long long* offsets, const long long* tile_offsets, float* h,
+                             long long ldh) {
   using namespace mma_tile;
   ExpertTile tile{};
   if (!find_tile(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;
   const long long m = ex.hidden[tile.expert], d = ex.d;
   const long long c0 = static_cast<long long>(blockIdx.y) * kTileCols;
   if (c0 >= m) return;
-  const __nv_bfloat16* wg = ex.gate + ex.weight_offset[tile.expert];
-  const __nv_bfloat16* wu = ex.up + ex.weight_offset[tile.expert];
+  const T16* wg = ex.gate + ex.weight_offset[tile.expert];
+  const T16* wu = ex.up + ex.weight_offset[tile.expert];
 
-  __shared__ __align__(32) __nv_bfloat16 a_s[kTileRows][kLd];
-  __shared__ __align__(32) __nv_bfloat16 g_s[kTileCols][kLd];
-  __shared__ __align__(32) __nv_bfloat16 u_s[kTileCols][kLd];
+  __shared__ __align__(32) T16 a_s[kTileRows][kLd];
+  __shared__ __align__(32) T16 g_s[kTileCols][kLd];
+  __shared__ __align__(32) T16 u_s[kTileCols][kLd];
   __shared__ __align__(32) float out_s[kTileRows][kOutLd];
   __shared__ const float* rows[kTileRows];
   const int tid = static_cast<int>(threadIdx.x);
@@ -112,8 +130,8 @@ static __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kMmaDepth; kk += 16) {
-      AFrag a[2];
-      BFrag g[2], u[2];
+      AFrag<T16> a[2];
+      BFrag<T16> g[2], u[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) nvcuda::wmma::load_matrix_sync(a[i], &a_s[wr + 16 * i][kk], kLd);
 #pragma unroll
@@ -145,10 +163,11 @@ static __global__ void __launch_bounds__(kMmaThreads)
   write_tile(out_s, tile.rows, c0, m, h + tile.row0 * ldh, ldh);
 }
 
-/// expert_down on the tensor cores (bf16 weights): y_rows = h·W_down for one expert tile and 64 of
-/// the d columns, h rounded to bf16. Grid as expert_down; kMmaThreads threads.
-static __global__ void __launch_bounds__(kMmaThreads)
-    expert_down_mma(const float* h, long long ldh, DeviceExperts<__nv_bfloat16> ex, const long long* offsets,
+/// expert_down on the tensor cores (T16 = bf16 or fp16 weights): y_rows = h·W_down for one expert
+/// tile and 64 of the d columns, h rounded to T16. Grid as expert_down; kMmaThreads threads.
+template <class T16>
+__global__ void __launch_bounds__(kMmaThreads)
+    expert_down_mma(const float* h, long long ldh, DeviceExperts<T16> ex, const long long* offsets,
                     const long long* tile_offsets, float* y_rows) {
   using namespace mma_tile;
   ExpertTile tile{};
@@ -156,10 +175,10 @@ static __global__ void __launch_bounds__(kMmaThreads)
   const long long m = ex.hidden[tile.expert], d = ex.d;
   const long long c0 = static_cast<long long>(blockIdx.y) * kTileCols;
   if (c0 >= d) return;
-  const __nv_bfloat16* wd = ex.down + ex.weight_offset[tile.expert];
+  const T16* wd = ex.down + ex.weight_offset[tile.expert];
 
-  __shared__ __align__(32) __nv_bfloat16 a_s[kTileRows][kLd];
-  __shared__ __align__(32) __nv_bfloat16 w_s[kTileCols][kLd];
+  __shared__ __align__(32) T16 a_s[kTileRows][kLd];
+  __shared__ __align__(32) T16 w_s[kTileCols][kLd];
   __shared__ __align__(32) float out_s[kTileRows][kOutLd];
   __shared__ const float* rows[kTileRows];
   const int tid = static_cast<int>(threadIdx.x);
@@ -179,8 +198,8 @@ static __global__ void __launch_bounds__(kMmaThreads)
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kMmaDepth; kk += 16) {
-      AFrag a[2];
-      BFrag w[2];
+      AFrag<T16> a[2];
+      BFrag<T16> w[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) nvcuda::wmma::load_matrix_sync(a[i], &a_s[wr + 16 * i][kk], kLd);
 #pragma unroll

@@ -4,11 +4,11 @@
 // for a maximum token count, and runs a forward as a fixed sequence of kernels on one stream:
 // the router (logits, softmax, top-k: routing.cuh), count / scan / stable scatter by expert (permute.cuh),
 // the gate-up product with SwiGLU and the down product — matrix-vector kernels for the experts with at most
-// kFewRows rows (expert_gemv.cuh), grouped 64-row tiles for the others (on the tensor cores for bf16 weights,
-// expert_mma.cuh, with the activations rounded to bf16; on the CUDA cores in float otherwise,
-// expert_gemm.cuh) — and the weighted combine with the N/k rescale (combine.cuh). forward(device pointers)
-// copies nothing to the host and allocates nothing, so it can be captured in a CUDA graph; the same input
-// gives the same output bits on every run.
+// kFewRows rows (expert_gemv.cuh), grouped 64-row tiles for the others (on the tensor cores for bf16 and
+// fp16 weights, expert_mma.cuh, with the activations rounded to the weights' type; on the CUDA cores in
+// float for float weights, expert_gemm.cuh) — and the weighted combine with the N/k rescale (combine.cuh).
+// forward(device pointers) copies nothing to the host and allocates nothing, so it can be captured in a CUDA
+// graph; the same input gives the same output bits on every run.
 //
 // Supported: the router of formula (2) (softmax over N, top-k on the logits or the scores,
 // weights as they are or renormalised over the k, a routed scaling factor), SwiGLU experts
@@ -195,19 +195,19 @@ class DeviceMoELayer {
     launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
            few_down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
            num_few_.data(), y_rows_.data());
-    // The other experts: 64-row tiles (expert_mma.cuh for bf16, expert_gemm.cuh otherwise). Their
+    // The other experts: 64-row tiles (expert_mma.cuh for bf16/fp16, expert_gemm.cuh for float). Their
     // tiles number at most pairs / kTileRows plus one partial tile per such expert, of which there
     // are at most pairs / (kFewRows + 1).
     const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows +
                                                  std::min<long long>(n_, pairs / (kFewRows + 1)));
     const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
     const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
-    if constexpr (std::is_same_v<DW, __nv_bfloat16>) {  // tensor cores (expert_mma.cuh)
-      launch(kernels::expert_hidden_swiglu_mma, hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_,
-             ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-      launch(kernels::expert_down_mma, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(),
-             tile_offsets_.data(), y_rows_.data());
-    } else {  // CUDA cores, float activations (expert_gemm.cuh)
+    if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores (expert_mma.cuh)
+      launch(kernels::expert_hidden_swiglu_mma<DW>, hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(),
+             k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      launch(kernels::expert_down_mma<DW>, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex,
+             offsets_.data(), tile_offsets_.data(), y_rows_.data());
+    } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
       launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(), k_,
              ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
       launch(kernels::expert_down<DW>, down_grid, kGemmThreads, stream, h_.data(), ldh_, ex, offsets_.data(),

@@ -1,5 +1,5 @@
 // Emulation shim (tests/cuda/emulator): the WMMA subset moe's tensor-core tiles use (16 x 16 x 16,
-// bf16 inputs, float accumulators). As on the GPU, a fragment is spread over the warp's lanes and
+// bf16 or fp16 inputs, float accumulators). As on the GPU, a fragment is spread over the warp's lanes and
 // the element-to-lane map is opaque (here lane l holds elements 8l .. 8l + 7 of the tile in
 // row-major order); mma_sync is a warp collective. It sums each element's 16 products in k order
 // in float (the tensor cores' own order and rounding differ: tests bound that difference). The
@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 namespace nvcuda::wmma {
@@ -38,6 +39,7 @@ inline int row_of(int i) { return static_cast<int>(threadIdx.x % 32) * kPerLane 
 inline int col_of(int i) { return (static_cast<int>(threadIdx.x % 32) * kPerLane + i) % 16; }
 inline float widen(float v) { return v; }
 inline float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float widen(__half v) { return __half2float(v); }
 }  // namespace detail
 
 template <class Use, int M, int N, int K, class T, class Layout = void>
