@@ -19,6 +19,9 @@ template class MoELayer<float, Eigen::bfloat16>;
 template class MoELayer<float, Eigen::half>;
 template class MoEWorkspace<float>;
 template class MoEWorkspace<double>;
+template class CpuBackend<float>;
+template void CpuBackend<float>::forward(const MoELayer<float, Eigen::bfloat16>&, const ConstRowRef<float>&,
+                                         RowRef<float>);
 template struct RouterGate<float>;
 template struct RouterGate<double>;
 template struct RouterScratch<float>;

@@ -125,6 +125,32 @@ TEST_CASE("MoELayer output is bitwise identical for any thread count", "[moe_lay
   }
 }
 
+namespace {
+/// Code written once against MoELayer's backend overload.
+template <class Backend>
+RowMatrix<float> forward_on(const MoELayer<float>& layer, const RowMatrix<float>& x, Backend& backend) {
+  RowMatrix<float> y(x.rows(), x.cols());
+  layer.forward(x, y, backend);
+  return y;
+}
+}  // namespace
+
+TEST_CASE("MoELayer::forward on a CpuBackend is the workspace forward, bit for bit", "[moe_layer]") {
+  Fixture<float> f(300, 1100, 8, 9);
+  const MoELayer<float> layer = f.layer({2, TopKWeights::kSoftmax, std::nullopt});
+  ThreadPool pool(2);
+  CpuBackend<float> serial, threaded(&pool);
+  for (Index tokens : {1, 37}) {
+    const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 6);
+    MoEWorkspace<float> ws;
+    RowMatrix<float> expect(tokens, 300);
+    layer.forward(x, expect, ws);
+    CHECK(testutil::bitwise_equal(forward_on(layer, x, serial), expect));
+    CHECK(testutil::bitwise_equal(forward_on(layer, x, threaded), expect));
+  }
+  CHECK(serial.workspace().dispatch().offsets.back() == 37 * 2);  // the backend's own workspace ran
+}
+
 TEST_CASE("MoELayer with view experts and a custom scale", "[moe_layer]") {
   Fixture<double> f(12, 36, 3, 4);
   const auto owned = slice_experts(f.dense(), f.partition);

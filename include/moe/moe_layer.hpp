@@ -190,6 +190,15 @@ class MoELayer {
     forward_routed(x, ids, weights, y, ws, pool, record);
   }
 
+  /// The same forward on a backend: `backend.forward(*this, x, y)`. CpuBackend<T> (below) runs
+  /// the CPU path above; cuda::DeviceMoELayer<W> (moe/cuda/moe_layer.cuh) runs it on a GPU, with
+  /// this layer's router and experts uploaded once, a device workspace and a stream. Code written
+  /// against this overload runs on either.
+  template <class Backend>
+  void forward(const ConstRowRef<T>& x, RowRef<T> y, Backend& backend) const {
+    backend.forward(*this, x, y);
+  }
+
   /// Expert computation for a routing made elsewhere (any router): ids, weights: T x k', k' <= N,
   /// ids in [0, N) or -1 (a dropped slot: contributes nothing), finite weights. Applies this
   /// layer's scale (N/k' when unset), input scaling and shared experts.
@@ -357,6 +366,23 @@ class MoELayer {
   MoEConfig config_;
   std::vector<FfnWeights<T>> shared_;
   Vector shared_gate_;
+};
+
+/// The CPU backend of MoELayer::forward(x, y, backend): a workspace and an optional thread pool
+/// (not owned), used by every forward it runs.
+template <class T>
+class CpuBackend {
+ public:
+  explicit CpuBackend(ThreadPool* pool = nullptr) : pool_(pool) {}
+  template <class W>
+  void forward(const MoELayer<T, W>& layer, const ConstRowRef<T>& x, RowRef<T> y) {
+    layer.forward(x, y, ws_, pool_);
+  }
+  MoEWorkspace<T>& workspace() { return ws_; }
+
+ private:
+  MoEWorkspace<T> ws_;
+  ThreadPool* pool_;
 };
 
 template <class T>

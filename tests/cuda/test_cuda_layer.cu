@@ -84,6 +84,14 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   CHECK(testutil::bitwise_equal(y, again));
 }
 
+/// Code written once against MoELayer's backend overload (CpuBackend or cuda::DeviceMoELayer).
+template <class Backend>
+RowMatrix<float> forward_on(const MoELayer<float>& layer, const RowMatrix<float>& x, Backend& backend) {
+  RowMatrix<float> y(x.rows(), x.cols());
+  layer.forward(x, y, backend);
+  return y;
+}
+
 }  // namespace
 
 TEST_CASE("CUDA layer: N=8 k=2 at T = 1, 7, 64, 4096 (float weights)", "[cuda]") {
@@ -187,4 +195,24 @@ TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", 
   MOE_CUDA_CHECK(cudaGraphExecDestroy(exec));
   MOE_CUDA_CHECK(cudaGraphDestroy(graph));
   MOE_CUDA_CHECK(cudaStreamDestroy(stream));
+}
+
+TEST_CASE("CUDA layer: the backend interface runs the same call on the CPU and on the GPU", "[cuda]") {
+  const auto layer = cudatest::random_layer(256, 96, 8, 2, 24);
+  const RowMatrix<float> x = input(64, 256, 25);
+  CpuBackend<float> cpu;
+  cuda::DeviceMoELayer<float> gpu(layer, 64);  // the workspace for 64 tokens, the default stream
+  CHECK(gpu.capacity() == 64);
+  const RowMatrix<float> on_cpu = forward_on(layer, x, cpu), on_gpu = forward_on(layer, x, gpu);
+  // Each routes on its own logits here; the gaps between these tokens' k-th and (k+1)-th logits
+  // are far above the logits' rounding differences, so the choices agree and so does the output.
+  CHECK(testutil::rel_err(on_gpu, on_cpu) <= 1e-5);
+  RowMatrix<float> direct(64, 256);
+  gpu.forward(x, direct);
+  CHECK(testutil::bitwise_equal(direct, on_gpu));
+
+  // It holds that layer's weights: another layer object, even an equal copy, is refused.
+  const MoELayer<float> copy = layer;
+  RowMatrix<float> y(64, 256);
+  CHECK_THROWS_WITH(copy.forward(x, y, gpu), Contains("other than the one it was built from"));
 }

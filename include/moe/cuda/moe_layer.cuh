@@ -88,16 +88,24 @@ void check_supported(const MoELayer<float, W>& layer) {
   }
 }
 
+/// The CUDA backend of a MoELayer<float, W>: its router and experts in device memory (uploaded
+/// once), a workspace for up to capacity() tokens, and a stream. Used as `layer.forward(x, y, gpu)`
+/// (MoELayer's backend overload, the same call as with a CpuBackend), or directly: forward() on
+/// device pointers (graph-capturable) or host matrices.
 template <class W = float>
 class DeviceMoELayer {
   using DW = typename DeviceScalar<W>::type;
   static_assert(sizeof(DW) == sizeof(W), "device and host weight types must hold the same bits");
 
  public:
-  /// Uploads the router and the experts (synchronously). Throws moe::Error if check_supported
+  /// Uploads the router and the experts (synchronously) and reserves a workspace for max_tokens;
+  /// `stream` is where layer.forward(x, y, *this) runs. Throws moe::Error if check_supported
   /// refuses the layer or a CUDA call fails.
-  explicit DeviceMoELayer(const MoELayer<float, W>& layer)
-      : n_(layer.num_experts()),
+  explicit DeviceMoELayer(const MoELayer<float, W>& layer, Index max_tokens = 0,
+                          cudaStream_t stream = nullptr)
+      : source_(&layer),
+        stream_(stream),
+        n_(layer.num_experts()),
         k_(layer.top_k()),
         d_(layer.model_dim()),
         scale_(static_cast<float>(layer.scale())) {
@@ -133,12 +141,14 @@ class DeviceMoELayer {
     for (int m : hidden) vec_hidden_ = vec_hidden_ && m % kernels::kVector<DW> == 0;
     weight_offset_.upload(offset.data(), offset.size());
     hidden_.upload(hidden.data(), hidden.size());
+    reserve(max_tokens);
   }
 
   int num_experts() const { return n_; }
   int top_k() const { return k_; }
   Index model_dim() const { return d_; }
   Index capacity() const { return capacity_; }  ///< tokens the workspace holds
+  cudaStream_t stream() const { return stream_; }
 
   /// Sizes the workspace for up to `tokens` tokens per forward (allocates; forward never does).
   void reserve(Index tokens) {
@@ -240,6 +250,16 @@ class DeviceMoELayer {
     check_routing(stream);
   }
 
+  /// The backend call of MoELayer::forward(x, y, backend): the host forward above on stream(), for
+  /// the layer this was built from (the one whose weights were uploaded; a copy or a moved-to layer
+  /// is another object and is refused).
+  void forward(const MoELayer<float, W>& layer, const ConstRowRef<float>& x, RowRef<float> y) {
+    MOE_CHECK(&layer == source_,
+              "CUDA MoE layer: asked to run a MoELayer other than the one it was built from "
+              "(whose weights it uploaded)");
+    forward(x, y, stream_);
+  }
+
   /// Synchronises `stream` and throws moe::Error if the last forward met a NaN/Inf router logit.
   void check_routing(cudaStream_t stream = nullptr) const {
     unsigned bad = 0;
@@ -287,6 +307,8 @@ class DeviceMoELayer {
         cudaMemcpy(dst, m.data(), sizeof(DW) * static_cast<std::size_t>(m.size()), cudaMemcpyHostToDevice));
   }
 
+  const MoELayer<float, W>* source_;  // identity only: the layer whose weights were uploaded
+  cudaStream_t stream_;
   int n_, k_;
   Index d_;
   float scale_;
