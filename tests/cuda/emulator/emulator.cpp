@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -270,6 +271,9 @@ struct CUgraph_st {
 struct CUgraphExec_st {
   std::vector<std::function<void()>> ops;
 };
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;
+};
 
 void moe_emulation::enqueue(cudaStream_t stream, std::function<void()> op) {
   if (stream && stream->capturing)
@@ -412,5 +416,30 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
 }
 cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   delete graph;
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = new CUevent_st;
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  enqueue(s, [e] { e->at = std::chrono::steady_clock::now(); });
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
+  return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return set(cudaErrorInvalidValue);
+  *prop = {};
+  std::snprintf(prop->name, sizeof prop->name, "moe CUDA emulator (CPU)");
+  prop->multiProcessorCount = 1;
   return cudaSuccess;
 }
