@@ -13,9 +13,15 @@
 #include <memory>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/common_interface_defs.h>
+#if defined(__SANITIZE_ADDRESS__)  // GCC
 #define MOE_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)  // clang
+#define MOE_EMU_ASAN 1
+#endif
+#endif
+#if defined(MOE_EMU_ASAN)
+#include <sanitizer/common_interface_defs.h>
 #endif
 
 #if !defined(__x86_64__)
@@ -73,7 +79,6 @@ struct Fiber {
   void* stack_base = nullptr;  // mmap'd, lowest page a guard
   void* sp = nullptr;
   bool done = false;
-  bool exited_warp_op = false;
 #if defined(MOE_EMU_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -231,19 +236,16 @@ bool valid_launch(dim3 grid, dim3 block) {
 
 namespace {
 
-struct Allocation {
-  std::size_t bytes;
-};
-std::map<const char*, Allocation> g_allocations;  // "device" memory: host heap blocks
-bool g_capturing = false;                         // some stream is being captured
+std::map<const char*, std::size_t> g_allocations;  // "device" memory: host heap blocks and their sizes
+bool g_capturing = false;                          // some stream is being captured
 
-/// The allocation holding [p, p + bytes), or null.
-const Allocation* find_device(const void* p, std::size_t bytes) {
+/// Whether [p, p + bytes) lies inside one allocation.
+bool find_device(const void* p, std::size_t bytes) {
   const char* c = static_cast<const char*>(p);
   auto it = g_allocations.upper_bound(c);
-  if (it == g_allocations.begin()) return nullptr;
+  if (it == g_allocations.begin()) return false;
   --it;
-  return c + bytes <= it->first + it->second.bytes ? &it->second : nullptr;
+  return c + bytes <= it->first + it->second;
 }
 
 cudaError_t set(cudaError_t e) {
@@ -331,7 +333,7 @@ cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   // cudaMalloc's blocks are.
   void* q = nullptr;
   if (bytes && posix_memalign(&q, 256, bytes) != 0) return set(cudaErrorMemoryAllocation);
-  if (q) g_allocations[static_cast<const char*>(q)] = {bytes};
+  if (q) g_allocations[static_cast<const char*>(q)] = bytes;
   *p = q;
   return cudaSuccess;
 }
