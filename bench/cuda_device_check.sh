@@ -62,8 +62,10 @@ timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
 echo "memcheck exit: ${PIPESTATUS[0]}"
 
 echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
+# A forward is 5 kernels at T = 1 (route, group, and the matrix-vector pair, combine), 7 at T = 2048.
 for t in 1 2048; do
-  timeout 60 ncu --clock-control none --launch-count 9 --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+  launches=$([[ $t == 1 ]] && echo 5 || echo 7)
+  timeout 60 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
   grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
 done

@@ -129,6 +129,10 @@ TEST_CASE("CUDA layer: every token on one expert (a zero router: all logits tie,
   for (int e = 0; e < 4; ++e) experts.push_back(testutil::random_ffn<float>(64, 32, 20 + 3 * e, 0.05));
   const MoELayer<float> layer(std::move(experts), ColMatrix<float>::Zero(64, 4), MoEConfig{1});
   check_layer(layer, 4096, 12);
+  // kFewRows pairs on one expert: the matrix-vector path, and the tile kernels are not launched;
+  // one more: the tile path.
+  check_layer(layer, cuda::kFewRows, 13);
+  check_layer(layer, cuda::kFewRows + 1, 14);
 }
 
 TEST_CASE("CUDA layer: bf16 and fp16 expert weights (tensor cores past kFewRows rows)", "[cuda]") {
@@ -141,16 +145,23 @@ TEST_CASE("CUDA layer: bf16 and fp16 expert weights (tensor cores past kFewRows 
 TEST_CASE("CUDA layer: a NaN input is reported with its token", "[cuda]") {
   const auto layer = cudatest::random_layer(64, 32, 8, 2, 18);
   cuda::DeviceMoELayer<float> gpu(layer);
+  CHECK_NOTHROW(gpu.check_routing());  // before any forward: nothing to report
   RowMatrix<float> x = input(5, 64, 19), y(5, 64);
   x(3, 10) = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(gpu.forward(x, y), Contains("token 3"));
-  x(3, 10) = 0.0f;  // and the next forward is clean again
+  x(1, 0) = std::numeric_limits<float>::infinity();  // two bad tokens: the first is named
+  CHECK_THROWS_WITH(gpu.forward(x, y), Contains("token 1"));
+  x(3, 10) = x(1, 0) = 0.0f;  // and the next forward is clean again
   CHECK_NOTHROW(gpu.forward(x, y));
 }
 
 TEST_CASE("CUDA layer: shapes and the workspace's size are checked", "[cuda]") {
   const auto layer = cudatest::random_layer(64, 32, 8, 2, 20);
   cuda::DeviceMoELayer<float> gpu(layer);
+  IdMatrix ids;
+  RowMatrix<float> weights;
+  std::vector<int> counts;
+  CHECK_THROWS_WITH(gpu.last_routing(4, ids, weights, counts), Contains("before any forward"));
   RowMatrix<float> x = input(4, 64, 21), y(4, 63);
   CHECK_THROWS_WITH(gpu.forward(x, y), Contains("expected 4x64"));
   gpu.reserve(4);
@@ -161,6 +172,7 @@ TEST_CASE("CUDA layer: shapes and the workspace's size are checked", "[cuda]") {
   RowMatrix<float> y_packed(4, 64), x_wide = input(4, 80, 22), y_wide = RowMatrix<float>::Zero(4, 80);
   x = x_wide.leftCols(64);
   gpu.forward(x, y_packed);
+  CHECK_THROWS_WITH(gpu.last_logits(5, weights), Contains("the last forward ran 4"));
   gpu.forward(x_wide.leftCols(64), y_wide.leftCols(64));
   CHECK(testutil::bitwise_equal(RowMatrix<float>(y_wide.leftCols(64)), y_packed));
   CHECK(y_wide.rightCols(16).isZero(0));

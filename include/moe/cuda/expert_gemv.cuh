@@ -6,7 +6,7 @@
 // its lanes stream the column's weights (contiguous in the Hugging Face layout) 16 bytes at a time
 // and every token row of the expert uses them while they are in registers, so the expert's
 // weights are read from memory once for all its rows, across all multiprocessors. Blocks find
-// their expert in the compact list scan_counts makes of the experts with 1..kFewRows rows.
+// their expert in the compact list group_by_expert makes of the experts with 1..kFewRows rows.
 //
 // Determinism: lane l sums the k it loads, in order, and a fixed butterfly adds the lanes: each
 // output is the same function of its row and column on every run.

@@ -2,7 +2,8 @@
 //
 // DeviceMoELayer uploads a host layer's router and expert weights once, keeps a workspace sized
 // for a maximum token count, and runs a forward as a fixed sequence of kernels on one stream:
-// the router (logits, softmax, top-k: routing.cuh), count / scan / stable scatter by expert (permute.cuh),
+// the router (logits, softmax, top-k: routing.cuh), one kernel that counts, scans and stably scatters the
+// pairs by expert (permute.cuh),
 // the gate-up product with SwiGLU and the down product — matrix-vector kernels for the experts with at most
 // kFewRows rows (expert_gemv.cuh), grouped 64-row tiles for the others (on the tensor cores for bf16 and
 // fp16 weights, expert_mma.cuh, with the activations rounded to the weights' type; on the CUDA cores in
@@ -141,6 +142,8 @@ class DeviceMoELayer {
     for (int m : hidden) vec_hidden_ = vec_hidden_ && m % kernels::kVector<DW> == 0;
     weight_offset_.upload(offset.data(), offset.size());
     hidden_.upload(hidden.data(), hidden.size());
+    const unsigned no_bad_token = 0xffffffffu;  // what check_routing finds until a forward runs
+    bad_token_.upload(&no_bad_token, 1);
     reserve(max_tokens);
   }
 
@@ -168,7 +171,6 @@ class DeviceMoELayer {
     row_of_.reserve(pairs);
     h_.reserve(pairs * static_cast<std::size_t>(ldh_));
     y_rows_.reserve(pairs * d);
-    bad_token_.reserve(1);
     capacity_ = tokens;
   }
 
@@ -179,18 +181,15 @@ class DeviceMoELayer {
     MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: forward of "
                                                       << tokens << " tokens, the workspace holds "
                                                       << capacity_ << " (call reserve)");
+    MOE_CHECK(tokens == 0 || (x && y && x != y), "CUDA MoE layer: x and y must be distinct device pointers");
+    last_tokens_ = tokens;
     if (tokens == 0) return;
-    MOE_CHECK(x && y && x != y, "CUDA MoE layer: x and y must be distinct device pointers");
     const long long t = tokens, pairs = t * k_, d = d_;
-    MOE_CUDA_CHECK(cudaMemsetAsync(bad_token_.data(), 0xff, sizeof(unsigned), stream));
     launch(kernels::route_tokens, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_, opt_,
-           logits_.data(), ids_.data(), weights_.data(), bad_token_.data());
-    launch(kernels::count_per_expert, static_cast<unsigned>(n_), 256, stream, ids_.data(), pairs,
-           counts_.data());
-    launch(kernels::scan_counts, 1, 1, stream, counts_.data(), n_, kTileRows, kFewRows, offsets_.data(),
-           tile_offsets_.data(), few_experts_.data(), num_few_.data());
-    launch(kernels::scatter_by_expert, static_cast<unsigned>(n_), 256, stream, ids_.data(), pairs,
-           offsets_.data(), sorted_pair_.data(), row_of_.data());
+           logits_.data(), ids_.data(), weights_.data());
+    launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, kTileRows,
+           kFewRows, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
+           num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
     // Experts with 1..kFewRows rows: matrix-vector products (expert_gemv.cuh). At most
@@ -205,23 +204,26 @@ class DeviceMoELayer {
     launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
            few_down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
            num_few_.data(), y_rows_.data());
-    // The other experts: 64-row tiles (expert_mma.cuh for bf16/fp16, expert_gemm.cuh for float). Their
-    // tiles number at most pairs / kTileRows plus one partial tile per such expert, of which there
-    // are at most pairs / (kFewRows + 1).
-    const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows +
-                                                 std::min<long long>(n_, pairs / (kFewRows + 1)));
-    const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
-    const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
-    if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores (expert_mma.cuh)
-      launch(kernels::expert_hidden_swiglu_mma<DW>, hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(),
-             k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-      launch(kernels::expert_down_mma<DW>, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex,
-             offsets_.data(), tile_offsets_.data(), y_rows_.data());
-    } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
-      launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(), k_,
-             ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-      launch(kernels::expert_down<DW>, down_grid, kGemmThreads, stream, h_.data(), ldh_, ex, offsets_.data(),
-             tile_offsets_.data(), y_rows_.data());
+    // The other experts: 64-row tiles (expert_mma.cuh for bf16/fp16, expert_gemm.cuh for float). At
+    // most pairs / (kFewRows + 1) experts have more than kFewRows rows; none at decode (T = 1..8 at
+    // k = 2), where these two kernels are not launched at all. Their tiles number at most
+    // pairs / kTileRows plus one partial tile per such expert.
+    const long long tile_experts = std::min<long long>(n_, pairs / (kFewRows + 1));
+    if (tile_experts > 0) {
+      const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows + tile_experts);
+      const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
+      const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
+      if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores (expert_mma.cuh)
+        launch(kernels::expert_hidden_swiglu_mma<DW>, hidden_grid, kMmaThreads, stream, x,
+               sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+        launch(kernels::expert_down_mma<DW>, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex,
+               offsets_.data(), tile_offsets_.data(), y_rows_.data());
+      } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
+        launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(),
+               k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+        launch(kernels::expert_down<DW>, down_grid, kGemmThreads, stream, h_.data(), ldh_, ex,
+               offsets_.data(), tile_offsets_.data(), y_rows_.data());
+      }
     }
     launch(kernels::combine, static_cast<unsigned>(t), 256, stream, y_rows_.data(), d, ids_.data(),
            weights_.data(), row_of_.data(), k_, scale_, y);
@@ -269,13 +271,14 @@ class DeviceMoELayer {
   }
 
   /// The last forward's routing, copied to the host (synchronises): ids T x k (best first), weights
-  /// T x k (before the rescale), and the tokens per expert.
+  /// T x k (before the rescale), and the tokens per expert. `tokens`: that forward's T.
   void last_routing(Index tokens, IdMatrix& ids, RowMatrix<float>& weights, std::vector<int>& counts,
                     cudaStream_t stream = nullptr) const {
-    MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: last_routing of " << tokens << " tokens");
+    check_last_tokens("last_routing", tokens);
     ids.resize(tokens, k_);
     weights.resize(tokens, k_);
-    counts.resize(static_cast<std::size_t>(n_));
+    counts.assign(static_cast<std::size_t>(n_), 0);
+    if (tokens == 0) return;
     const auto pairs = static_cast<std::size_t>(tokens * k_);
     MOE_CUDA_CHECK(
         cudaMemcpyAsync(ids.data(), ids_.data(), pairs * sizeof(int), cudaMemcpyDeviceToHost, stream));
@@ -286,10 +289,12 @@ class DeviceMoELayer {
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
-  /// The last forward's router logits, T x N, copied to the host (synchronises).
+  /// The last forward's router logits, T x N, copied to the host (synchronises). `tokens`: that
+  /// forward's T.
   void last_logits(Index tokens, RowMatrix<float>& logits, cudaStream_t stream = nullptr) const {
-    MOE_CHECK(tokens >= 0 && tokens <= capacity_, "CUDA MoE layer: last_logits of " << tokens << " tokens");
+    check_last_tokens("last_logits", tokens);
     logits.resize(tokens, n_);
+    if (tokens == 0) return;
     MOE_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_.data(),
                                    sizeof(float) * static_cast<std::size_t>(tokens * n_),
                                    cudaMemcpyDeviceToHost, stream));
@@ -297,6 +302,12 @@ class DeviceMoELayer {
   }
 
  private:
+  void check_last_tokens(const char* what, Index tokens) const {
+    MOE_CHECK(last_tokens_ >= 0, "CUDA MoE layer: " << what << " before any forward");
+    MOE_CHECK(tokens == last_tokens_, "CUDA MoE layer: " << what << " of " << tokens
+                                                         << " tokens; the last forward ran " << last_tokens_);
+  }
+
   /// A d x m or m x d column-major matrix, copied as stored into device memory at dst.
   template <class M>
   static void copy_matrix(const M& m, DW* dst) {
@@ -316,6 +327,7 @@ class DeviceMoELayer {
   Index ldh_ = 0;           ///< h's row stride: max_hidden_ rounded up to 8 (16-byte rows)
   bool vec_hidden_ = true;  ///< every m_e a whole number of 16-byte weight vectors
   Index capacity_ = 0;
+  Index last_tokens_ = -1;  ///< T of the last forward queued; -1 before the first
   DeviceRouterOptions opt_;
   DeviceBuffer<float> router_;
   DeviceBuffer<DW> gate_, up_, down_;

@@ -2,85 +2,100 @@
 // and a stable scatter, so expert e's pairs occupy rows offsets[e] .. offsets[e+1] - 1 in
 // (token, slot) order — the order of ExpertDispatch on the CPU (dispatch.hpp).
 //
-// No atomics decide an order: each expert's block scans the pairs in order, so the grouping (and
-// everything computed from it) is the same on every run.
+// One kernel of one block does all three, so a forward spends one launch on the grouping instead
+// of three (at T = 1 a launch costs about as much as the work). No atomic decides an order: the
+// counts are sums of ones (the same whatever order they arrive in), and each pair's row is its
+// expert's first row plus the number of earlier pairs of that expert, counted with warp matches,
+// so the grouping (and everything computed from it) is the same on every run.
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include "moe/cuda/routing.cuh"
+
 namespace moe::cuda::kernels {
 
-/// Sum over a block of up to 1024 threads (a multiple of 32); the result in every thread.
-__device__ inline int block_sum(int v, int* scratch /* 32 ints of shared memory */) {
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  int total = 0;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
-  __syncthreads();
-  return total;
-}
+/// Threads of group_by_expert's one block: 32 warps, so a round places 1024 pairs.
+constexpr int kGroupThreads = 1024;
+constexpr int kGroupWarps = kGroupThreads / 32;
+static_assert(kGroupThreads >= kMaxExperts, "one thread per expert advances the rows");
 
-/// counts[e] = number of the `pairs` ids equal to e. One block per expert (blockDim a multiple of 32).
-static __global__ void count_per_expert(const int* ids, long long pairs, int* counts) {
-  __shared__ int scratch[32];
-  const int e = static_cast<int>(blockIdx.x);
-  int c = 0;
-  for (long long a = threadIdx.x; a < pairs; a += blockDim.x) c += ids[a] == e ? 1 : 0;
-  c = block_sum(c, scratch);
-  if (threadIdx.x == 0) counts[e] = c;
-}
-
-/// offsets[e] = Σ_{e' < e} counts[e'] (n + 1 values); the experts with 1..few_rows pairs listed
-/// in few_experts[0 .. *num_few) (the matrix-vector path), and tile_offsets[e] = Σ_{e' < e} of
-/// ceil(counts[e'] / tile_rows) over the other experts only (the tile path; n + 1 values). One
-/// thread: n is an expert count (<= kMaxExperts).
-static __global__ void scan_counts(const int* counts, int n, int tile_rows, int few_rows, long long* offsets,
-                                   long long* tile_offsets, int* few_experts, int* num_few) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  long long rows = 0, tiles = 0;
-  int few = 0;
-  for (int e = 0; e < n; ++e) {
-    offsets[e] = rows;
-    tile_offsets[e] = tiles;
-    rows += counts[e];
-    if (counts[e] > few_rows)
-      tiles += (counts[e] + tile_rows - 1) / tile_rows;
-    else if (counts[e] > 0)
-      few_experts[few++] = e;
+/// Groups the `pairs` routed pairs (a = t·k + slot, expert ids[a], -1 for a dropped pair) by expert.
+/// Writes, for the n experts:
+/// - counts[e], and offsets[e] = Σ_{e' < e} counts[e'] (n + 1 values);
+/// - the experts with 1..few_rows pairs in few_experts[0 .. *num_few) (the matrix-vector path),
+///   and tile_offsets[e] = Σ_{e' < e} ceil(counts[e'] / tile_rows) over the other experts only
+///   (the tile path; n + 1 values);
+/// - sorted_pair[row] = a and row_of[a] = row, expert e's pairs at rows offsets[e], offsets[e] + 1,
+///   ... in pair order; dropped pairs get no row;
+/// - *bad_token: the smallest token whose slot 0 was dropped (route_tokens drops every slot of a
+///   token whose logits are not finite), or 0xffffffff.
+/// One block of kGroupThreads threads; n <= kMaxExperts.
+static __global__ void __launch_bounds__(kGroupThreads)
+    group_by_expert(const int* ids, long long pairs, int k, int n, int tile_rows, int few_rows, int* counts,
+                    long long* offsets, long long* tile_offsets, int* few_experts, int* num_few,
+                    long long* sorted_pair, long long* row_of, unsigned* bad_token) {
+  __shared__ int count[kMaxExperts];
+  __shared__ long long next_row[kMaxExperts];          // expert e's first row of this round
+  __shared__ int warp_hits[kGroupWarps][kMaxExperts];  // pairs of expert e in warp w this round
+  __shared__ unsigned bad;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  for (int e = tid; e < n; e += blockDim.x) {
+    count[e] = 0;
+    for (int w = 0; w < kGroupWarps; ++w) warp_hits[w][e] = 0;
   }
-  offsets[n] = rows;
-  tile_offsets[n] = tiles;
-  *num_few = few;
-}
-
-/// Expert e's pairs, in pair order, get rows offsets[e], offsets[e] + 1, ...: sorted_pair[row] = a
-/// (a = t·k + slot) and row_of[a] = row. One block per expert, blockDim a multiple of 32; each
-/// round ranks blockDim pairs with warp ballots. Dropped pairs (id -1) get no row.
-static __global__ void scatter_by_expert(const int* ids, long long pairs, const long long* offsets,
-                                         long long* sorted_pair, long long* row_of) {
-  __shared__ int in_warp[32];
-  const int e = static_cast<int>(blockIdx.x);
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  long long base = offsets[e];
+  if (tid == 0) bad = 0xffffffffu;
+  __syncthreads();
+  for (long long a = tid; a < pairs; a += blockDim.x) {
+    const int e = ids[a];
+    if (e >= 0)
+      atomicAdd(&count[e], 1);
+    else if (a % k == 0)
+      atomicMin(&bad, static_cast<unsigned>(a / k));
+  }
+  __syncthreads();
+  if (tid == 0) {
+    long long rows = 0, tiles = 0;
+    int few = 0;
+    for (int e = 0; e < n; ++e) {
+      counts[e] = count[e];
+      offsets[e] = next_row[e] = rows;
+      tile_offsets[e] = tiles;
+      rows += count[e];
+      if (count[e] > few_rows)
+        tiles += (count[e] + tile_rows - 1) / tile_rows;
+      else if (count[e] > 0)
+        few_experts[few++] = e;
+    }
+    offsets[n] = rows;
+    tile_offsets[n] = tiles;
+    *num_few = few;
+    *bad_token = bad;
+  }
+  __syncthreads();
+  // Rounds of blockDim pairs: a pair's row = its expert's next row + that expert's pairs in the
+  // earlier warps of the round + those in earlier lanes of its own warp.
   for (long long start = 0; start < pairs; start += blockDim.x) {
-    const long long a = start + threadIdx.x;
-    const bool hit = a < pairs && ids[a] == e;
-    const unsigned mask = __ballot_sync(0xffffffffu, hit);
-    if (lane == 0) in_warp[warp] = __popc(mask);
+    const long long a = start + tid;
+    const int e = a < pairs ? ids[a] : -1;
+    const unsigned peers = __match_any_sync(0xffffffffu, e);  // the lanes holding the same expert
+    const bool first_peer = lane == __ffs(static_cast<int>(peers)) - 1;
+    if (e >= 0 && first_peer) warp_hits[warp][e] = __popc(peers);
     __syncthreads();
-    long long before = __popc(mask & ((1u << lane) - 1u)), total = 0;
-    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
-      if (w < warp) before += in_warp[w];
-      total += in_warp[w];
+    if (e >= 0) {
+      long long row = next_row[e] + __popc(peers & ((1u << lane) - 1u));
+      for (int w = 0; w < warp; ++w) row += warp_hits[w][e];
+      sorted_pair[row] = a;
+      row_of[a] = row;
     }
-    if (hit) {
-      sorted_pair[base + before] = a;
-      row_of[a] = base + before;
+    __syncthreads();
+    if (tid < n) {
+      for (int w = 0; w < kGroupWarps; ++w) {
+        next_row[tid] += warp_hits[w][tid];
+        warp_hits[w][tid] = 0;
+      }
     }
-    base += total;
-    __syncthreads();  // in_warp is rewritten next round
+    __syncthreads();
   }
 }
 

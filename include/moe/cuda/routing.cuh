@@ -37,15 +37,13 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
-/// Token t's routing from its n logits z: softmax, top-k, weights into id[0..k), w[0..k). A NaN or
+/// A token's routing from its n logits z: softmax, top-k, weights into id[0..k), w[0..k). A NaN or
 /// infinite logit drops every slot of the token (id -1, weight 0, so the later kernels stay in
-/// bounds) and keeps its index in *bad_token (the smallest such; 0xffffffff when none), which the
-/// host checks.
-__device__ inline void route_one(const float* z, long long t, int n, int k, const DeviceRouterOptions& opt,
-                                 int* id, float* w, unsigned* bad_token) {
+/// bounds); group_by_expert (permute.cuh) reports the smallest such token to the host.
+__device__ inline void route_one(const float* z, int n, int k, const DeviceRouterOptions& opt, int* id,
+                                 float* w) {
   for (int e = 0; e < n; ++e)
     if (!std::isfinite(z[e])) {
-      atomicMin(bad_token, static_cast<unsigned>(t));
       for (int s = 0; s < k; ++s) {
         id[s] = -1;
         w[s] = 0.0f;
@@ -79,8 +77,7 @@ __device__ inline void route_one(const float* z, long long t, int n, int k, cons
 /// what the whole routing does. w_router: column e at w_router + e·d (d x N, column-major, as
 /// RouterGate stores it). logits (T x N) are kept for inspection.
 static __global__ void route_tokens(const float* x, const float* w_router, long long d, int n, int k,
-                                    DeviceRouterOptions opt, float* logits, int* ids, float* weights,
-                                    unsigned* bad_token) {
+                                    DeviceRouterOptions opt, float* logits, int* ids, float* weights) {
   __shared__ float z[kMaxExperts];
   const long long t = blockIdx.x;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
@@ -97,7 +94,7 @@ static __global__ void route_tokens(const float* x, const float* w_router, long 
     }
   }
   __syncthreads();
-  if (threadIdx.x == 0) route_one(z, t, n, k, opt, ids + t * k, weights + t * k, bad_token);
+  if (threadIdx.x == 0) route_one(z, n, k, opt, ids + t * k, weights + t * k);
 }
 
 }  // namespace kernels

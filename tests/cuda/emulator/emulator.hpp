@@ -178,7 +178,24 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
   return bits & mask;
 }
 
+/// The lanes of the warp whose value equals the caller's (sm_70+).
+template <class T>
+unsigned __match_any_sync(unsigned mask, T v) {
+  static_assert(sizeof(T) <= sizeof(std::uint64_t), "__match_any_sync: at most 8 bytes");
+  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
+  const unsigned lane = threadIdx.x % 32;
+  w.word[lane] = 0;
+  std::memcpy(&w.word[lane], &v, sizeof v);
+  moe_emulation::sync_warp();
+  unsigned bits = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (w.word[l] == w.word[lane]) bits |= 1u << l;
+  moe_emulation::sync_warp();
+  return bits & mask;
+}
+
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
 inline float __uint_as_float(unsigned v) {
   float f;
   std::memcpy(&f, &v, sizeof f);
@@ -191,5 +208,10 @@ T __ldg(const T* p) {
 inline unsigned atomicMin(unsigned* p, unsigned v) {  // one OS thread runs every fiber
   const unsigned old = *p;
   if (v < old) *p = v;
+  return old;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p = old + v;
   return old;
 }
