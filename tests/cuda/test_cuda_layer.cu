@@ -108,6 +108,10 @@ TEST_CASE("CUDA layer: d and m not multiples of the tiles or of the 16-byte vect
   // the tensor-core tiles are partial in rows, columns and depth.
   check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 72, 8, 2, 12), 37, 9);
   check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 72, 8, 2, 12), 300, 10);
+  // The tensor-core tiles' one-value-at-a-time loads: d = 200, m = 70 (the down product's weight
+  // columns are not whole 16-byte vectors), and fp16 at d = 202, m = 70 (neither product's).
+  check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 70, 8, 2, 12), 300, 11);
+  check_layer(cudatest::random_layer<Eigen::half>(202, 70, 8, 2, 12), 300, 12);
 }
 
 TEST_CASE("CUDA layer: k from 1 to 8 of N = 8, renormalised weights too", "[cuda]") {

@@ -17,6 +17,9 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <cstdint>
+#include <cstring>
+
 #include "moe/cuda/expert_gemm.cuh"
 #include "moe/math.hpp"
 
@@ -24,6 +27,8 @@ namespace moe::cuda {
 
 constexpr int kMmaDepth = 32;     ///< k per shared-memory stage
 constexpr int kMmaThreads = 128;  ///< 4 warps, 2 x 2 quarters of the 64 x 64 tile
+static_assert(kMmaThreads == 2 * kTileRows && kMmaThreads == 2 * kTileCols && kMmaDepth == 32,
+              "a stage is two threads per row or column, 16 k each");
 
 namespace kernels {
 
@@ -48,33 +53,82 @@ __device__ inline __half round_to<__half>(float v) {
   return __float2half_rn(v);
 }
 
-/// Stage rows [0, 64) x k [k0, k0 + 32) of A, rounded to T16: a_s[r][kk] = A(r, k0 + kk), zero
-/// outside rows < valid rows (row(r) < 0) and k < depth. Thread t fills 16 consecutive k of row t / 2.
-template <class T16>
-__device__ inline void stage_a(const float* const* rows, long long k0, long long depth, T16 (*a_s)[kLd]) {
-  const int r = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
-  const float* row = rows[r];
+/// A thread's share of one stage of A, rows [0, 64) x k [k0, k0 + 32): 16 consecutive k of row
+/// threadIdx / 2, held in registers between the global loads and the shared-memory stores, so the
+/// next stage's loads are in flight while the tensor cores work on this one. Zero outside the
+/// valid rows (row pointer null) and k < depth. kVec: 16-byte loads (depth a multiple of 4, rows
+/// 16-byte aligned); otherwise one float at a time.
+template <bool kVec>
+struct AStage {
+  float v[16];
+
+  __device__ void load(const float* const* rows, long long k0, long long depth) {
+    const int kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
+    const float* row = rows[threadIdx.x / 2];
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const long long k = k0 + kk0 + i;
-    a_s[r][kk0 + i] = round_to<T16>(row && k < depth ? row[k] : 0.0f);
+    for (int i = 0; i < 16; i += 4) {
+      const long long k = k0 + kk0 + i;
+      if (kVec && row && k + 4 <= depth) {
+        const float4 q = __ldg(reinterpret_cast<const float4*>(row + k));
+        v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+      } else {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[i + j] = row && k + j < depth ? row[k + j] : 0.0f;
+      }
+    }
   }
+  /// a_s[r][kk] = the loaded values rounded to T16.
+  template <class T16>
+  __device__ void store(T16 (*a_s)[kLd]) const {
+    const int r = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) a_s[r][kk0 + i] = round_to<T16>(v[i]);
+  }
+};
+
+/// The 16 bytes v to dst (16-byte aligned): one vector store, as CUDA code writes it; in the CPU
+/// emulator (MOE_CUDA_EMULATION), where the cast would break C++'s aliasing rules, a memcpy that
+/// first checks the alignment a GPU needs.
+__device__ inline void store16(void* dst, const uint4& v) {
+#if defined(MOE_CUDA_EMULATION)
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0) __trap();
+  memcpy(dst, &v, sizeof v);
+#else
+  *static_cast<uint4*>(dst) = v;
+#endif
 }
 
-/// Stage columns [c0, c0 + 64) x k [k0, k0 + 32) of weights w (column c at w + c·depth) as
-/// b_s[c - c0][kk], zero outside c < cols and k < depth.
-template <class T16>
-__device__ inline void stage_b(const T16* w, long long c0, long long cols, long long k0, long long depth,
-                               T16 (*b_s)[kLd]) {
-  const int c = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
-  const bool in_col = c0 + c < cols;
-  const T16* col = w + (c0 + c) * depth;
+/// A thread's share of one stage of weights w (column c at w + c·depth), columns [c0, c0 + 64) x
+/// k [k0, k0 + 32): 16 consecutive k of column c0 + threadIdx / 2, as 32 bytes held in registers
+/// (see AStage); zero outside c < cols and k < depth. kVec: 16-byte loads (depth a multiple of 8,
+/// w 16-byte aligned).
+template <bool kVec, class T16>
+struct BStage {
+  uint4 v[2];
+
+  __device__ void load(const T16* w, long long c0, long long cols, long long k0, long long depth) {
+    const int c = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
+    const T16* col = c0 + c < cols ? w + (c0 + c) * depth : nullptr;
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const long long k = k0 + kk0 + i;
-    b_s[c][kk0 + i] = in_col && k < depth ? col[k] : round_to<T16>(0.0f);
+    for (int i = 0; i < 2; ++i) {
+      const long long k = k0 + kk0 + 8 * i;
+      if (kVec && col && k + 8 <= depth) {
+        v[i] = __ldg(reinterpret_cast<const uint4*>(col + k));
+      } else {
+        T16 e[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) e[j] = col && k + j < depth ? col[k + j] : round_to<T16>(0.0f);
+        memcpy(&v[i], e, sizeof e);
+      }
+    }
   }
-}
+  /// b_s[c - c0][kk] = the loaded values (16-byte stores: a row of kLd values is 80 bytes).
+  __device__ void store(T16 (*b_s)[kLd]) const {
+    const int c = static_cast<int>(threadIdx.x) / 2, kk0 = static_cast<int>(threadIdx.x) % 2 * 16;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) store16(&b_s[c][kk0 + 8 * i], v[i]);
+  }
+};
 
 /// Copies the valid part of the 64 x 64 staging tile to out (row r at out + r·ld, `rows` rows,
 /// columns c0 .. min(c0 + 64, cols)).
@@ -90,7 +144,7 @@ __device__ inline void write_tile(const float (*out_s)[kOutLd], int rows, long l
 /// expert_hidden_swiglu on the tensor cores (T16 = bf16 or fp16 weights): h = (x·W_up) ⊙
 /// SiLU(x·W_gate) for one expert tile and 64 hidden columns, x rounded to T16. Grid as
 /// expert_hidden_swiglu; kMmaThreads threads.
-template <class T16>
+template <class T16, bool kVec>
 __global__ void __launch_bounds__(kMmaThreads)
     expert_hidden_swiglu_mma(const float* x, const long long* sorted_pair, int k, DeviceExperts<T16> ex,
                              const long long* offsets, const long long* tile_offsets, float* h,
@@ -123,11 +177,21 @@ __global__ void __launch_bounds__(kMmaThreads)
       nvcuda::wmma::fill_fragment(acc_g[i][j], 0.0f);
       nvcuda::wmma::fill_fragment(acc_u[i][j], 0.0f);
     }
+  AStage<kVec> a_next;
+  BStage<kVec, T16> g_next, u_next;
+  a_next.load(rows, 0, d);
+  g_next.load(wg, c0, m, 0, d);
+  u_next.load(wu, c0, m, 0, d);
   for (long long k0 = 0; k0 < d; k0 += kMmaDepth) {
-    stage_a(rows, k0, d, a_s);
-    stage_b(wg, c0, m, k0, d, g_s);
-    stage_b(wu, c0, m, k0, d, u_s);
+    a_next.store(a_s);
+    g_next.store(g_s);
+    u_next.store(u_s);
     __syncthreads();
+    if (k0 + kMmaDepth < d) {  // the next stage's loads, in flight during this stage's products
+      a_next.load(rows, k0 + kMmaDepth, d);
+      g_next.load(wg, c0, m, k0 + kMmaDepth, d);
+      u_next.load(wu, c0, m, k0 + kMmaDepth, d);
+    }
 #pragma unroll
     for (int kk = 0; kk < kMmaDepth; kk += 16) {
       AFrag<T16> a[2];
@@ -165,7 +229,7 @@ __global__ void __launch_bounds__(kMmaThreads)
 
 /// expert_down on the tensor cores (T16 = bf16 or fp16 weights): y_rows = h·W_down for one expert
 /// tile and 64 of the d columns, h rounded to T16. Grid as expert_down; kMmaThreads threads.
-template <class T16>
+template <class T16, bool kVec>
 __global__ void __launch_bounds__(kMmaThreads)
     expert_down_mma(const float* h, long long ldh, DeviceExperts<T16> ex, const long long* offsets,
                     const long long* tile_offsets, float* y_rows) {
@@ -192,10 +256,18 @@ __global__ void __launch_bounds__(kMmaThreads)
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+  AStage<kVec> a_next;
+  BStage<kVec, T16> w_next;
+  a_next.load(rows, 0, m);
+  w_next.load(wd, c0, d, 0, m);
   for (long long k0 = 0; k0 < m; k0 += kMmaDepth) {
-    stage_a(rows, k0, m, a_s);
-    stage_b(wd, c0, d, k0, m, w_s);
+    a_next.store(a_s);
+    w_next.store(w_s);
     __syncthreads();
+    if (k0 + kMmaDepth < m) {
+      a_next.load(rows, k0 + kMmaDepth, m);
+      w_next.load(wd, c0, d, k0 + kMmaDepth, m);
+    }
 #pragma unroll
     for (int kk = 0; kk < kMmaDepth; kk += 16) {
       AFrag<T16> a[2];

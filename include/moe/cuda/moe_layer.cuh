@@ -214,10 +214,15 @@ class DeviceMoELayer {
       const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
       const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
       if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores (expert_mma.cuh)
-        launch(kernels::expert_hidden_swiglu_mma<DW>, hidden_grid, kMmaThreads, stream, x,
-               sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-        launch(kernels::expert_down_mma<DW>, down_grid, kMmaThreads, stream, h_.data(), ldh_, ex,
-               offsets_.data(), tile_offsets_.data(), y_rows_.data());
+        // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
+        // vec_hidden_: every m_e).
+        launch(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
+                     : kernels::expert_hidden_swiglu_mma<DW, false>,
+               hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+               tile_offsets_.data(), h_.data(), ldh_);
+        launch(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
+               down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(), tile_offsets_.data(),
+               y_rows_.data());
       } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
         launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(),
                k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);

@@ -214,6 +214,8 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
     }
 }
 
+void trap(const char* what) { fail(what); }
+
 void sync_block() { wait(g_block.barrier); }
 
 void sync_warp() {

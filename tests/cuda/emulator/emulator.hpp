@@ -120,6 +120,8 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
 /// Waits until every live thread of the block, or every lane of the warp, has arrived.
 void sync_block();
 void sync_warp();
+/// Aborts the program, naming the block and thread (a kernel's __trap, or a check of the emulator).
+[[noreturn]] void trap(const char* what);
 /// The calling lane's warp's exchange area: 32 words for shuffles and ballots, three 16 x 16 float
 /// tiles for mma_sync.
 struct WarpScratch {
@@ -201,9 +203,15 @@ inline float __uint_as_float(unsigned v) {
   std::memcpy(&f, &v, sizeof f);
   return f;
 }
+inline void __trap() { moe_emulation::trap("__trap() in a kernel"); }
+/// A read-only load; checks the alignment the GPU needs (a vector type's: 16 bytes for float4).
 template <class T>
 T __ldg(const T* p) {
-  return *p;
+  if (reinterpret_cast<std::uintptr_t>(p) % alignof(T) != 0)
+    moe_emulation::trap("__ldg of a misaligned address");
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 inline unsigned atomicMin(unsigned* p, unsigned v) {  // one OS thread runs every fiber
   const unsigned old = *p;
