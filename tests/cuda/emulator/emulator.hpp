@@ -17,6 +17,8 @@
 // assembly).
 #pragma once
 
+#include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -122,13 +124,29 @@ void sync_block();
 void sync_warp();
 /// Aborts the program, naming the block and thread (a kernel's __trap, or a check of the emulator).
 [[noreturn]] void trap(const char* what);
-/// The calling lane's warp's exchange area: 32 words for shuffles and ballots, three 16 x 16 float
+/// The calling lane's warp's exchange area: 32 words for shuffles, ballots and matches, three 16 x 16 float
 /// tiles for mma_sync.
 struct WarpScratch {
   std::uint64_t word[32];
   float a[256], b[256], c[256];
 };
 WarpScratch& warp_scratch();
+
+/// The exchange behind the warp's shuffles, ballots and matches: each lane publishes one word (a
+/// value of at most 8 bytes, zero-extended) and receives all 32, in lane order.
+template <class T>
+std::array<std::uint64_t, 32> exchange_words(T mine) {
+  static_assert(sizeof(T) <= sizeof(std::uint64_t), "warp exchanges carry at most 8 bytes a lane");
+  WarpScratch& w = warp_scratch();
+  std::uint64_t word = 0;
+  std::memcpy(&word, &mine, sizeof mine);
+  w.word[threadIdx.x % 32] = word;
+  sync_warp();
+  std::array<std::uint64_t, 32> all;
+  std::copy(std::begin(w.word), std::end(w.word), all.begin());
+  sync_warp();  // no lane rewrites its word before every lane has read them all
+  return all;
+}
 
 /// kernel<<<grid, block, 0, stream>>>(args...): the arguments are copied, as a launch copies them.
 template <class... Params, class... Args>
@@ -155,44 +173,28 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 inline void __syncthreads() { moe_emulation::sync_block(); }
 
 template <class T>
-T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
-  static_assert(sizeof(T) <= sizeof(std::uint64_t), "__shfl_xor_sync: at most 8 bytes");
-  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
-  const unsigned lane = threadIdx.x % 32;
-  (void)mask;
-  std::memcpy(&w.word[lane], &v, sizeof v);
-  moe_emulation::sync_warp();
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
+  const auto all = moe_emulation::exchange_words(v);
   T r;
-  std::memcpy(&r, &w.word[(lane ^ static_cast<unsigned>(lane_mask)) % 32], sizeof r);
-  moe_emulation::sync_warp();
+  std::memcpy(&r, &all[(threadIdx.x ^ static_cast<unsigned>(lane_mask)) % 32], sizeof r);
   return r;
 }
 
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
-  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
-  const unsigned lane = threadIdx.x % 32;
-  w.word[lane] = predicate ? 1 : 0;
-  moe_emulation::sync_warp();
+  const auto all = moe_emulation::exchange_words(predicate ? 1 : 0);
   unsigned bits = 0;
   for (unsigned l = 0; l < 32; ++l)
-    if (w.word[l]) bits |= 1u << l;
-  moe_emulation::sync_warp();
+    if (all[l]) bits |= 1u << l;
   return bits & mask;
 }
 
 /// The lanes of the warp whose value equals the caller's (sm_70+).
 template <class T>
 unsigned __match_any_sync(unsigned mask, T v) {
-  static_assert(sizeof(T) <= sizeof(std::uint64_t), "__match_any_sync: at most 8 bytes");
-  moe_emulation::WarpScratch& w = moe_emulation::warp_scratch();
-  const unsigned lane = threadIdx.x % 32;
-  w.word[lane] = 0;
-  std::memcpy(&w.word[lane], &v, sizeof v);
-  moe_emulation::sync_warp();
+  const auto all = moe_emulation::exchange_words(v);
   unsigned bits = 0;
   for (unsigned l = 0; l < 32; ++l)
-    if (w.word[l] == w.word[lane]) bits |= 1u << l;
-  moe_emulation::sync_warp();
+    if (all[l] == all[threadIdx.x % 32]) bits |= 1u << l;
   return bits & mask;
 }
 
