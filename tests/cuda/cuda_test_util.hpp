@@ -1,6 +1,8 @@
 // Layers for the CUDA tests: random experts and router, built on the host.
 #pragma once
 
+#include <cuda_runtime.h>  // the toolkit's, or the emulator's (which defines MOE_CUDA_EMULATION)
+
 #include <moe/moe_layer.hpp>
 
 #include "test_util.hpp"
@@ -25,5 +27,21 @@ moe::MoELayer<float, W> random_layer(Eigen::Index d, Eigen::Index m, int n, int 
       std::move(experts),
       testutil::random_matrix<moe::ColMatrix<float>>(d, n, seed + 1000, 1.0 / std::sqrt(double(d))), config);
 }
+
+/// Within its scope the CPU emulator runs a grid's blocks, and a block's threads between two
+/// barriers, in the reverse order (emulator.hpp, set_schedule): a forward in the scope gives other
+/// bits than one outside it if a kernel reads what another thread writes without a barrier
+/// between, or what another block writes. On a GPU it does nothing (the hardware picks the order).
+class ReversedSchedule {
+ public:
+#if defined(MOE_CUDA_EMULATION)
+  ReversedSchedule() { moe_emulation::set_schedule(moe_emulation::Schedule::kReverse); }
+  ~ReversedSchedule() { moe_emulation::set_schedule(moe_emulation::Schedule::kForward); }
+#else
+  ReversedSchedule() {}  // user-provided: no unused-variable warning where it is declared
+#endif
+  ReversedSchedule(const ReversedSchedule&) = delete;
+  ReversedSchedule& operator=(const ReversedSchedule&) = delete;
+};
 
 }  // namespace cudatest

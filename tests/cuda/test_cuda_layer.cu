@@ -79,8 +79,12 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   const double u = std::is_same_v<W, Eigen::bfloat16> ? 0x1p-9 : 0x1p-11;
   CHECK(testutil::rel_err(y, cpu_y) <= (tensor_cores ? 4 * u : 1e-5));
 
-  // The same input, the same bits.
-  gpu.forward(x, again);
+  // The same input, the same bits; on the emulator, with blocks and threads run in the reverse
+  // order, so that a race between threads or blocks that changes any bit fails here.
+  {
+    const cudatest::ReversedSchedule reversed;
+    gpu.forward(x, again);
+  }
   CHECK(testutil::bitwise_equal(y, again));
 }
 
@@ -202,7 +206,10 @@ TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", 
   gpu.forward(xd.data(), yd.data(), kTokens, stream);
   MOE_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
   MOE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int i = 0; i < 2; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  {
+    const cudatest::ReversedSchedule reversed;
+    for (int i = 0; i < 2; ++i) MOE_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+  }
   MOE_CUDA_CHECK(cudaMemcpyAsync(graphed.data(), yd.data(),
                                  sizeof(float) * static_cast<std::size_t>(x.size()), cudaMemcpyDeviceToHost,
                                  stream));

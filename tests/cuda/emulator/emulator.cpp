@@ -102,6 +102,7 @@ struct Block {
 };
 
 Block g_block;
+Schedule g_schedule = Schedule::kForward;
 cudaError_t g_last_error = cudaSuccess;
 
 void* new_stack() {
@@ -169,6 +170,8 @@ void prepare(Fiber& f) {
 
 }  // namespace
 
+void set_schedule(Schedule s) { g_schedule = s; }
+
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
   const unsigned threads = block.x, warps = (threads + 31) / 32;
   Block& b = g_block;
@@ -181,37 +184,51 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
   b.body = &body;
   blockDim = block;
   gridDim = grid;
-  for (unsigned by = 0; by < grid.y; ++by)
-    for (unsigned bx = 0; bx < grid.x; ++bx) {
-      blockIdx = {bx, by, 0};
-      b.barrier = Barrier{};
-      b.barrier.expected = static_cast<int>(threads);
-      b.warp_live.assign(warps, 0);
-      for (unsigned w = 0; w < warps; ++w) {
-        b.warp_barriers[w] = Barrier{};
-        b.warp_barriers[w].expected = static_cast<int>(std::min(32u, threads - 32 * w));
-        b.warp_live[w] = b.warp_barriers[w].expected;
-      }
-      for (unsigned t = 0; t < threads; ++t) prepare(b.fibers[t]);
-      unsigned live = threads;
-      while (live > 0) {
-        const unsigned long long before = b.events;
-        for (unsigned t = 0; t < threads; ++t) {
-          if (b.fibers[t].done) continue;
-          b.current = t;
-          threadIdx = {t, 0, 0};
-#if defined(MOE_EMU_ASAN)
-          __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, b.fibers[t].stack_base, kStackBytes);
-#endif
-          moe_emu_switch(&b.scheduler_sp, b.fibers[t].sp);
-#if defined(MOE_EMU_ASAN)
-          __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
-#endif
-          if (b.fibers[t].done) --live;
-        }
-        if (live > 0 && b.events == before) fail("deadlock: threads wait at a barrier others never reach");
-      }
+  const bool reverse = g_schedule == Schedule::kReverse;
+  const unsigned long long blocks = static_cast<unsigned long long>(grid.x) * grid.y;
+  for (unsigned long long n = 0; n < blocks; ++n) {
+    const unsigned long long linear = reverse ? blocks - 1 - n : n;
+    blockIdx = {static_cast<unsigned>(linear % grid.x), static_cast<unsigned>(linear / grid.x), 0};
+    b.barrier = Barrier{};
+    b.barrier.expected = static_cast<int>(threads);
+    b.warp_live.assign(warps, 0);
+    for (unsigned w = 0; w < warps; ++w) {
+      b.warp_barriers[w] = Barrier{};
+      b.warp_barriers[w].expected = static_cast<int>(std::min(32u, threads - 32 * w));
+      b.warp_live[w] = b.warp_barriers[w].expected;
     }
+    for (unsigned t = 0; t < threads; ++t) prepare(b.fibers[t]);
+    unsigned live = threads;
+    // kForward: every thread in turn, one step (up to its next barrier) each, so the warps advance
+    // together. kReverse: the warps last to first, each run until all its lanes wait at the block
+    // barrier or have exited (as far ahead of the others as a warp can get), lanes last to first.
+    while (live > 0) {
+      const unsigned long long before = b.events;
+      for (unsigned i = 0; i < warps; ++i) {
+        const unsigned w = reverse ? warps - 1 - i : i;
+        const unsigned lanes = std::min(32u, threads - 32 * w);
+        unsigned long long seen = 0;
+        do {
+          seen = b.events;
+          for (unsigned j = 0; j < lanes; ++j) {
+            const unsigned t = 32 * w + (reverse ? lanes - 1 - j : j);
+            if (b.fibers[t].done) continue;
+            b.current = t;
+            threadIdx = {t, 0, 0};
+#if defined(MOE_EMU_ASAN)
+            __sanitizer_start_switch_fiber(&b.scheduler_fake_stack, b.fibers[t].stack_base, kStackBytes);
+#endif
+            moe_emu_switch(&b.scheduler_sp, b.fibers[t].sp);
+#if defined(MOE_EMU_ASAN)
+            __sanitizer_finish_switch_fiber(b.scheduler_fake_stack, nullptr, nullptr);
+#endif
+            if (b.fibers[t].done) --live;
+          }
+        } while (reverse && b.events != seen);
+      }
+      if (live > 0 && b.events == before) fail("deadlock: threads wait at a barrier others never reach");
+    }
+  }
 }
 
 void trap(const char* what) { fail(what); }

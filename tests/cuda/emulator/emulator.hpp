@@ -7,9 +7,12 @@
 //
 // What it proves: the kernels' indexing, synchronisation and numerics, the host code's launch
 // configurations, and that a forward allocates nothing and copies nothing synchronously while a
-// stream is captured. What it cannot: timing, the memory model of a real GPU (a missing
-// __syncthreads between two warps can go unnoticed, as fibers switch only at barriers), and the
-// tensor cores' exact accumulation order (mma_sync sums in k order, in float).
+// stream is captured. A missing __syncthreads or __syncwarp, or one block reading another's
+// output, makes a kernel's result depend on the order the threads run in: running the same work
+// in the reverse order (set_schedule) and comparing the bits exposes it where it changes a result.
+// What it cannot: timing, the memory model of a real GPU beyond those two orders (fibers switch
+// only at barriers, so two threads never interleave between them), and the tensor cores' exact
+// accumulation order (mma_sync sums in k order, in float).
 //
 // Test code only: the shims in include/ (cuda_runtime.h, cuda_bf16.h, cuda_fp16.h, mma.h) stand
 // in for the toolkit's headers and define MOE_CUDA_EMULATION, which moe::cuda::launch (check.cuh)
@@ -119,6 +122,19 @@ void enqueue(cudaStream_t stream, std::function<void()> op);
 bool valid_launch(dim3 grid, dim3 block);
 /// Runs body once per thread of every block of the grid (one block at a time, its threads as fibers).
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+/// The order the emulator runs a grid's blocks and a block's threads in. Fibers switch only at
+/// barriers (the block's, or a warp's intrinsics), so in one barrier interval the first thread to
+/// run sees none of the others' writes of that interval and the last sees all of them.
+/// - kForward: blocks in order; each thread in order runs to its next barrier, then the next
+///   thread, so the warps of a block advance together.
+/// - kReverse: blocks last to first; the warps last to first, each run until all its lanes wait at
+///   the block barrier (a warp as far ahead of the others as __syncthreads lets it get), its lanes
+///   last to first.
+/// A race (a read of what another thread writes in the same interval, a shared buffer rewritten
+/// while another warp still reads it, a block reading another block's output) then gives
+/// different bits under the two schedules.
+enum class Schedule { kForward, kReverse };
+void set_schedule(Schedule s);
 /// Waits until every live thread of the block, or every lane of the warp, has arrived.
 void sync_block();
 void sync_warp();
