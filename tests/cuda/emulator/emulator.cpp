@@ -352,6 +352,10 @@ cudaError_t cudaMalloc(void** p, std::size_t bytes) {
   // cudaMalloc's blocks are.
   void* q = nullptr;
   if (bytes && posix_memalign(&q, 256, bytes) != 0) return set(cudaErrorMemoryAllocation);
+  // A GPU's fresh allocation holds whatever was there before; here every byte is 0xff (a NaN in
+  // float, bf16 and fp16, -1 as an integer), so a kernel that reads what nothing wrote computes
+  // NaN or an invalid index instead of the zeros a fresh heap page would give.
+  if (q) std::memset(q, 0xff, bytes);
   if (q) g_allocations[static_cast<const char*>(q)] = bytes;
   *p = q;
   return cudaSuccess;
