@@ -28,10 +28,11 @@ moe::MoELayer<float, W> random_layer(Eigen::Index d, Eigen::Index m, int n, int 
       testutil::random_matrix<moe::ColMatrix<float>>(d, n, seed + 1000, 1.0 / std::sqrt(double(d))), config);
 }
 
-/// Within its scope the CPU emulator runs a grid's blocks, and a block's threads between two
-/// barriers, in the reverse order (emulator.hpp, set_schedule): a forward in the scope gives other
-/// bits than one outside it if a kernel reads what another thread writes without a barrier
-/// between, or what another block writes. On a GPU it does nothing (the hardware picks the order).
+/// Within its scope the CPU emulator runs its reverse schedule (emulator.hpp, Schedule::kReverse:
+/// blocks and warps last to first, each warp as far ahead as the block barrier lets it get): a
+/// forward in the scope gives other bits than one outside it if a kernel reads what another thread
+/// writes without a barrier between, or what another block writes. On a GPU it does nothing (the
+/// hardware picks the order).
 class ReversedSchedule {
  public:
 #if defined(MOE_CUDA_EMULATION)
