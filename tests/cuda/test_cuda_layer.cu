@@ -79,8 +79,8 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   const double u = std::is_same_v<W, Eigen::bfloat16> ? 0x1p-9 : 0x1p-11;
   CHECK(testutil::rel_err(y, cpu_y) <= (tensor_cores ? 4 * u : 1e-5));
 
-  // The same input, the same bits; on the emulator, with blocks and threads run in the reverse
-  // order, so that a race between threads or blocks that changes any bit fails here.
+  // The same input, the same bits; on the emulator, under its reverse schedule (blocks and warps
+  // last to first, warps running ahead), so that a race that changes any bit fails here.
   {
     const cudatest::ReversedSchedule reversed;
     gpu.forward(x, again);

@@ -7,10 +7,9 @@
 //
 // What it proves: the kernels' indexing, synchronisation and numerics, the host code's launch
 // configurations, and that a forward allocates nothing and copies nothing synchronously while a
-// stream is captured. A missing __syncthreads or __syncwarp, or one block reading another's
-// output, makes a kernel's result depend on the order the threads run in: running the same work
-// under the reverse schedule (set_schedule) and comparing the bits exposes it where it changes a
-// result.
+// stream is captured. A missing __syncthreads, or one block reading another's output, makes a
+// kernel's result depend on the order the threads run in: running the same work under the
+// reverse schedule (set_schedule) and comparing the bits exposes it where it changes a result.
 // What it cannot: timing, the memory model of a real GPU beyond those two orders (fibers switch
 // only at barriers, so two threads never interleave between them), and the tensor cores' exact
 // accumulation order (mma_sync sums in k order, in float).
