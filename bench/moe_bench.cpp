@@ -10,6 +10,8 @@
 //   moe/d:D/m:M/N:N/k:K/T:T           the same with N experts of width M (Mixtral)
 //   moe_all_experts/...               the NumPy reference's way: every expert on every token
 //   .../w:bf16                        dense and N = 8 MoE with bfloat16 weights (float math)
+//   .../cold                          dense and N = 8 MoE at T = 1 and 8, f32 and bf16, with the
+//                                     caches emptied of the weights before each call (untimed)
 // All use one ThreadPool of every core. Counters: bytes_per_second = bytes of the weights the
 // call read (the experts it touched) per second; FLOP/s = 2·3·d·m per (token, expert) pair.
 //
@@ -107,38 +109,58 @@ void set_counters(benchmark::State& state, double flops, double weight_bytes) {
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-/// Sums a buffer far larger than the last-level cache, split in fixed chunks over the pool: the
-/// read bandwidth the decode path is measured against.
-void bm_stream_read(benchmark::State& state) {
-  constexpr Index kFloats = Index{1} << 28;  // 1 GiB
+/// 1 GiB of floats, far larger than the last-level cache: StreamRead's buffer and the cold
+/// benchmarks' eviction.
+const ColMatrix<float>& big_buffer() {
+  static const ColMatrix<float> buffer = random_matrix(Index{1} << 28, 1, 1.0, 3);
+  return buffer;
+}
+
+/// Sums the first `floats` of big_buffer() in fixed chunks over the pool; returns the sum.
+float read_big_buffer(Index floats) {
   constexpr Index kChunk = Index{1} << 20;
-  constexpr Index kChunks = kFloats / kChunk;
-  static const ColMatrix<float> buffer = random_matrix(kFloats, 1, 1.0, 3);
-  std::vector<float> sums(static_cast<std::size_t>(kChunks));
-  for (auto _ : state) {
-    parallel_for(&pool(), kChunks, [&](Index c) {
-      using detail::FloatLanes;
-      constexpr Index L = FloatLanes::kWidth;
-      FloatLanes acc[4] = {FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero()};
-      const float* p = buffer.data() + c * kChunk;
-      for (Index i = 0; i < kChunk; i += 4 * L)
-        for (int a = 0; a < 4; ++a) acc[a].add(FloatLanes::load(p + i + a * L));
-      sums[static_cast<std::size_t>(c)] = acc[0].sum() + acc[1].sum() + acc[2].sum() + acc[3].sum();
-    });
-    benchmark::DoNotOptimize(sums.data());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(static_cast<std::int64_t>(kFloats * sizeof(float)) * state.iterations());
+  const Index chunks = floats / kChunk;
+  std::vector<float> sums(static_cast<std::size_t>(chunks));
+  parallel_for(&pool(), chunks, [&](Index c) {
+    using detail::FloatLanes;
+    constexpr Index L = FloatLanes::kWidth;
+    FloatLanes acc[4] = {FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero()};
+    const float* p = big_buffer().data() + c * kChunk;
+    for (Index i = 0; i < kChunk; i += 4 * L)
+      for (int a = 0; a < 4; ++a) acc[a].add(FloatLanes::load(p + i + a * L));
+    sums[static_cast<std::size_t>(c)] = acc[0].sum() + acc[1].sum() + acc[2].sum() + acc[3].sum();
+  });
+  float total = 0;
+  for (float v : sums) total += v;
+  return total;
+}
+
+/// The read bandwidth the decode path is measured against: all of big_buffer() per iteration.
+void bm_stream_read(benchmark::State& state) {
+  const Index floats = big_buffer().size();
+  for (auto _ : state) benchmark::DoNotOptimize(read_big_buffer(floats));
+  state.SetBytesProcessed(static_cast<std::int64_t>(floats * sizeof(float)) * state.iterations());
+}
+
+/// Cold benchmarks call this before each timed call: it reads 512 MB with the timer paused, which
+/// evicts the layer's weights from every cache, as the other layers of a model do between two
+/// calls of this one. (This VM reports a 508 MB L3, the host's; a 68 MB working set re-read runs
+/// ~1.3x faster than a 1 GB one here, but 135 MB only ~1.1x: what a core can use is far smaller.)
+void evict_caches(benchmark::State& state) {
+  state.PauseTiming();
+  benchmark::DoNotOptimize(read_big_buffer(Index{1} << 27));
+  state.ResumeTiming();
 }
 
 template <class W>
-void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens) {
+void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens, bool cold) {
   const auto x = input(tokens, d);
   RowMatrix<float> y(tokens, d);
   FfnWorkspace<float> ws;
   const FfnWeightsView<W> w = dense<W>(d, dh).view();
   ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: workspace touched
   for (auto _ : state) {
+    if (cold) evict_caches(state);
     ffn_forward<float>(w, x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -148,7 +170,7 @@ void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens) {
 }
 
 template <class W>
-void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced, Index tokens) {
+void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced, Index tokens, bool cold) {
   const MoELayer<float, W>& l = layer<W>(d, m, n, k, sliced);
   const auto x = input(tokens, d);
   RowMatrix<float> y(tokens, d);
@@ -165,6 +187,7 @@ void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced
     }
   const double expert_m = double(l.expert(0).hidden_dim());
   for (auto _ : state) {
+    if (cold) evict_caches(state);
     l.forward(x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -214,19 +237,27 @@ int main(int argc, char** argv) {
   const auto s = [](auto v) { return std::to_string(v); };
   for (Index t : kTokens) {
     const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
-    add("dense/" + llama + ts, bm_dense<float>, d, dh, t);
+    add("dense/" + llama + ts, bm_dense<float>, d, dh, t, false);
     for (auto [n, k] : {std::pair<int, int>{8, 2}, {16, 4}}) {
       const std::string nk = "/N:" + s(n) + "/k:" + s(k);
-      add("moe/" + llama + nk + ts, bm_moe<float>, d, dh, n, k, true, t);
+      add("moe/" + llama + nk + ts, bm_moe<float>, d, dh, n, k, true, t, false);
       add("moe_all_experts/" + llama + nk + ts, bm_all_experts, d, dh, n, k, t);
     }
-    add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe<float>, d, mixtral_m, 8, 2, false,
-        t);
+    add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe<float>, d, mixtral_m, 8, 2, false, t,
+        false);
   }
   for (Index t : kTokens) {  // the same with bf16 weights (float activations, float accumulation)
     const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
-    add("dense/" + llama + ts + "/w:bf16", bm_dense<Eigen::bfloat16>, d, dh, t);
-    add("moe/" + llama + "/N:8/k:2" + ts + "/w:bf16", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t);
+    add("dense/" + llama + ts + "/w:bf16", bm_dense<Eigen::bfloat16>, d, dh, t, false);
+    add("moe/" + llama + "/N:8/k:2" + ts + "/w:bf16", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t, false);
+  }
+  for (Index t : {1, 8}) {  // decode with the weights evicted before each call: a model's steady state
+    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh),
+                      moe8 = "moe/" + llama + "/N:8/k:2";
+    add("dense/" + llama + ts + "/cold", bm_dense<float>, d, dh, t, true);
+    add(moe8 + ts + "/cold", bm_moe<float>, d, dh, 8, 2, true, t, true);
+    add("dense/" + llama + ts + "/w:bf16/cold", bm_dense<Eigen::bfloat16>, d, dh, t, true);
+    add(moe8 + ts + "/w:bf16/cold", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t, true);
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
   benchmark::RunSpecifiedBenchmarks();

@@ -13,8 +13,12 @@ PyTorch's defaults are slow on this machine class; this script sets OMP_WAIT_POL
 OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels on Zen 5; --openblas-coretype
 changes it, "" leaves the environment's), the tuning the issue's peer figures were measured with.
 
+With --cold, only moe_bench's cold cases run (dense and N = 8 at T = 1 and 8): before each timed
+call the script reads 512 MB, untimed, as moe_bench's .../cold benchmarks do, so the weights come
+from memory and not from the caches, as in a model where other layers run between two calls.
+
 usage: bench/peer_pytorch.py [--threads 2] [--repetitions 5] [--dtype float32|bfloat16]
-                             [--moe-bench-json bench.json] [--filter REGEX]
+                             [--moe-bench-json bench.json] [--filter REGEX] [--cold]
                              [--openblas-coretype SkylakeX]
 """
 import argparse
@@ -29,6 +33,8 @@ import time
 
 
 TOKENS = (1, 8, 64, 512)
+COLD_TOKENS = (1, 8)
+COLD_CASES = ("dense/d:4096/dh:11008", "moe/d:4096/dh:11008/N:8/k:2")
 # (name as moe_bench writes it, d, width of one expert's hidden layer or dense d_h, N, k)
 CASES = [("dense/d:4096/dh:11008", 4096, 11008, 0, 0),
          ("moe/d:4096/dh:11008/N:8/k:2", 4096, 11008 // 8, 8, 2),
@@ -58,19 +64,20 @@ def moe_block(torch, x, router, experts, k, scale):
     return out * scale
 
 
-def time_call(fn, repetitions, min_seconds=0.2):
+def time_call(fn, repetitions, min_seconds=0.2, before=None):
     """Median over `repetitions` of the mean time of one call (ms), each repetition at least
-    min_seconds long, after one warm-up call."""
+    min_seconds of calls, after one warm-up call. before(), if given, runs untimed before each call."""
     fn()
     times = []
     for _ in range(repetitions):
-        n, start = 0, time.perf_counter()
-        while True:
+        n, elapsed = 0, 0.0
+        while elapsed < min_seconds:
+            if before:
+                before()
+            start = time.perf_counter()
             fn()
+            elapsed += time.perf_counter() - start
             n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
         times.append(elapsed / n * 1e3)
     return statistics.median(times)
 
@@ -89,6 +96,7 @@ def main():
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--moe-bench-json", help="moe_bench --benchmark_out file to set beside")
     ap.add_argument("--filter", default="", help="regex on the benchmark name")
+    ap.add_argument("--cold", action="store_true", help="evict the weights before each call (moe_bench's /cold cases)")
     ap.add_argument("--openblas-coretype", default="SkylakeX", help='OpenBLAS kernels; "" keeps the environment')
     args = ap.parse_args()
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -100,15 +108,25 @@ def main():
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     ours = moe_bench_medians(args.moe_bench_json) if args.moe_bench_json else {}
-    suffix = "" if args.dtype == "float32" else "/w:bf16"
+    suffix = ("" if args.dtype == "float32" else "/w:bf16") + ("/cold" if args.cold else "")
+    tokens = COLD_TOKENS if args.cold else TOKENS
+    evict = None
+    if args.cold:
+        big = torch.ones(1 << 27)  # 512 MB of float32
 
+        def evict():
+            big.sum()
+
+    cold = ", weights evicted before each call" if args.cold else ""
     print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.dtype}, medians of "
-          f"{args.repetitions} repetitions; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+          f"{args.repetitions} repetitions{cold}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}\n")
     print("| benchmark | PyTorch ms | moe ms | PyTorch / moe |")
     print("|---|---|---|---|")
     for name, d, m, n, k in CASES:
-        if not any(re.search(args.filter, f"{name}/T:{t}") for t in TOKENS):
+        if args.cold and name not in COLD_CASES:
+            continue
+        if not any(re.search(args.filter, f"{name}/T:{t}") for t in tokens):
             continue
 
         def rand(*shape):  # uniform, sd 0.02 (as moe_bench)
@@ -120,15 +138,16 @@ def main():
             else:
                 experts = [(rand(m, d), rand(m, d), rand(d, m)) for _ in range(n)]
                 router = (torch.randn(n, d) / math.sqrt(d)).to(dtype)
-            for t in TOKENS:
+            for t in tokens:
                 full = f"{name}/T:{t}"
                 if not re.search(args.filter, full):
                     continue
                 x = ((torch.rand(t, d) * 2 - 1) * math.sqrt(3)).to(dtype)
                 if n == 0:
-                    ms = time_call(lambda: ffn(torch, x, *weights), args.repetitions)
+                    ms = time_call(lambda: ffn(torch, x, *weights), args.repetitions, before=evict)
                 else:
-                    ms = time_call(lambda: moe_block(torch, x, router, experts, k, n / k), args.repetitions)
+                    ms = time_call(lambda: moe_block(torch, x, router, experts, k, n / k), args.repetitions,
+                                   before=evict)
                 mine = ours.get(full + suffix)
                 mine_s = f"{mine:.2f}" if mine else "-"
                 ratio = f"{ms / mine:.2f}" if mine else "-"

@@ -2,7 +2,8 @@
 """Turn moe_bench's JSON (--benchmark_out=FILE --benchmark_repetitions=N) into the README's
 Markdown table: median ms per call, MoE/dense, weight read rate as a fraction of StreamRead (the
 memory floor's measure), FLOP rate as a fraction of the dense FFN's at the same T (the compute
-floor's measure), all from the same run.  usage: bench/report.py bench.json"""
+floor's measure), all from the same run; then the cold decode cases (weights evicted before each
+call) beside the same cases warm.  usage: bench/report.py bench.json"""
 import json
 import re
 import sys
@@ -53,6 +54,25 @@ def main(path):
               + f"{gbs:.1f}{frac(b['bytes_per_second'], stream)} | "
               + f"{gflops:.0f}{frac(b['FLOP/s'], db['FLOP/s'] if db else None)} | "
               + (f"{every['real_time']:.1f} |" if every else "- |"))
+    cold = []
+    for name, b in med.items():
+        m = re.fullmatch(r"moe/d:(\d+)/dh:(\d+)/N:(\d+)/k:(\d+)/T:(\d+)(/w:\w+)?/cold", name)
+        if m:
+            cold.append((m.group(6) or "", int(m.group(5)), int(m.group(3)), int(m.group(4)), name, b))
+    if cold:
+        print("\nWeights evicted from the caches before each call (`.../cold`), N = 8 k = 2 against dense:\n")
+        print("| weights | T | dense ms | MoE ms | MoE / dense | MoE weights GB/s (of StreamRead) "
+              "| dense weights GB/s (of StreamRead) | MoE cold / warm |")
+        print("|---|---|---|---|---|---|---|---|")
+        for wt, t, n, k, name, b in sorted(cold):
+            db = med.get(name.replace("moe/", "dense/", 1).replace(f"/N:{n}/k:{k}", ""))
+            warm = med.get(name.removesuffix("/cold"))
+            print(f"| {wt[3:] or 'f32'} | {t} | " + (f"{db['real_time']:.2f} | " if db else "- | ")
+                  + f"{b['real_time']:.2f} | "
+                  + (f"**{b['real_time'] / db['real_time']:.2f}** | " if db else "- | ")
+                  + f"{b['bytes_per_second'] / 1e9:.1f}{frac(b['bytes_per_second'], stream)} | "
+                  + (f"{db['bytes_per_second'] / 1e9:.1f}{frac(db['bytes_per_second'], stream)} | " if db else "- | ")
+                  + (f"{b['real_time'] / warm['real_time']:.2f} |" if warm else "- |"))
     dense_rows = sorted(dense.items())
     if dense_rows:
         print("\nDense FFN alone: " + "; ".join(
