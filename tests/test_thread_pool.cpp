@@ -1,5 +1,6 @@
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <moe/thread_pool.hpp>
 #include <stdexcept>
 #include <thread>
@@ -51,5 +52,18 @@ TEST_CASE("ThreadPool runs nested and concurrent loops inline instead of deadloc
   for (std::size_t i = 0; i < 1000; ++i) {
     REQUIRE(a[i].load() == 20);
     REQUIRE(b[i].load() == 20);
+  }
+}
+
+TEST_CASE("ThreadPool runs every task after its threads went back to sleep", "[thread_pool]") {
+  // Back to back, the workers are still polling for the next loop (MOE_POOL_SPIN_US); after a
+  // pause longer than that they sleep on the condition variable and must be woken. Both ways, every
+  // task runs once.
+  ThreadPool pool(3);
+  for (int round = 0; round < 6; ++round) {
+    if (round % 2 == 1) std::this_thread::sleep_for(std::chrono::microseconds(3 * MOE_POOL_SPIN_US + 1000));
+    std::vector<std::atomic<int>> hits(100);
+    pool.parallel_for(100, [&](Index i) { ++hits[static_cast<std::size_t>(i)]; });
+    for (auto& h : hits) REQUIRE(h.load() == 1);
   }
 }

@@ -34,6 +34,12 @@
 #define MOE_BF16_DOT 1
 #endif
 
+// A ThreadPool thread with nothing to do polls for up to MOE_POOL_SPIN_US microseconds before it
+// sleeps on a condition variable (see ThreadPool::spin_until); 0 sleeps at once.
+#ifndef MOE_POOL_SPIN_US
+#define MOE_POOL_SPIN_US 100
+#endif
+
 namespace moe {
 
 /// The one exception type the library throws. The message names the problem (which argument,
