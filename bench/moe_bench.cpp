@@ -11,7 +11,8 @@
 //   moe_all_experts/...               the NumPy reference's way: every expert on every token
 //   .../w:bf16                        dense and N = 8 MoE with bfloat16 weights (float math)
 //   .../cold                          dense and N = 8 MoE at T = 1 and 8, f32 and bf16, with the
-//                                     caches emptied of the weights before each call (untimed)
+//                                     caches emptied of the weights before each call (untimed);
+//                                     counter stream_bytes_per_second: that emptying read's rate
 // All use one ThreadPool of every core. Counters: bytes_per_second = bytes of the weights the
 // call read (the experts it touched) per second; FLOP/s = 2·3·d·m per (token, expert) pair.
 //
@@ -20,6 +21,7 @@
 //     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>
 
+#include <chrono>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -146,10 +148,22 @@ void bm_stream_read(benchmark::State& state) {
 /// evicts the layer's weights from every cache, as the other layers of a model do between two
 /// calls of this one. (This VM reports a 508 MB L3, the host's; a 68 MB working set re-read runs
 /// ~1.3x faster than a 1 GB one here, but 135 MB only ~1.1x: what a core can use is far smaller.)
-void evict_caches(benchmark::State& state) {
+/// Returns the read's seconds: the cold cases report its rate as `stream_bytes_per_second`, the
+/// read bandwidth of the same seconds as the calls, a steadier reference than StreamRead's run
+/// minutes earlier on this VM (26-63 GB/s within an hour).
+constexpr Index kEvictFloats = Index{1} << 27;
+double evict_caches(benchmark::State& state) {
   state.PauseTiming();
-  benchmark::DoNotOptimize(read_big_buffer(Index{1} << 27));
+  const auto start = std::chrono::steady_clock::now();
+  benchmark::DoNotOptimize(read_big_buffer(kEvictFloats));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   state.ResumeTiming();
+  return seconds;
+}
+
+void set_stream_counter(benchmark::State& state, double evict_seconds) {
+  state.counters["stream_bytes_per_second"] =
+      double(kEvictFloats) * sizeof(float) * double(state.iterations()) / evict_seconds;
 }
 
 template <class W>
@@ -159,12 +173,14 @@ void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens, bool col
   FfnWorkspace<float> ws;
   const FfnWeightsView<W> w = dense<W>(d, dh).view();
   ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: workspace touched
+  double evict_seconds = 0;
   for (auto _ : state) {
-    if (cold) evict_caches(state);
+    if (cold) evict_seconds += evict_caches(state);
     ffn_forward<float>(w, x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
+  if (cold) set_stream_counter(state, evict_seconds);
   set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
                3.0 * double(d) * double(dh) * sizeof(W));
 }
@@ -186,12 +202,14 @@ void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced
       ++touched;
     }
   const double expert_m = double(l.expert(0).hidden_dim());
+  double evict_seconds = 0;
   for (auto _ : state) {
-    if (cold) evict_caches(state);
+    if (cold) evict_seconds += evict_caches(state);
     l.forward(x, y, ws, &pool());
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
+  if (cold) set_stream_counter(state, evict_seconds);
   set_counters(state, 6.0 * double(d) * expert_m * k * double(tokens), touched_bytes);
   state.counters["experts_touched"] = touched;
 }
@@ -235,29 +253,30 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("StreamRead", bm_stream_read)->UseRealTime()->Unit(benchmark::kMillisecond);
   constexpr Index d = 4096, dh = 11008, mixtral_m = 14336;
   const auto s = [](auto v) { return std::to_string(v); };
+  const std::string llama = "d:" + s(d) + "/dh:" + s(dh);
+  // Each cold case right after its warm one, so their ratio comes from the same minute.
+  constexpr Index kMaxColdTokens = 8;
   for (Index t : kTokens) {
-    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
+    const std::string ts = "/T:" + s(t);
     add("dense/" + llama + ts, bm_dense<float>, d, dh, t, false);
+    if (t <= kMaxColdTokens) add("dense/" + llama + ts + "/cold", bm_dense<float>, d, dh, t, true);
     for (auto [n, k] : {std::pair<int, int>{8, 2}, {16, 4}}) {
       const std::string nk = "/N:" + s(n) + "/k:" + s(k);
       add("moe/" + llama + nk + ts, bm_moe<float>, d, dh, n, k, true, t, false);
+      if (n == 8 && t <= kMaxColdTokens)
+        add("moe/" + llama + nk + ts + "/cold", bm_moe<float>, d, dh, n, k, true, t, true);
       add("moe_all_experts/" + llama + nk + ts, bm_all_experts, d, dh, n, k, t);
     }
     add("moe/d:" + s(d) + "/m:" + s(mixtral_m) + "/N:8/k:2" + ts, bm_moe<float>, d, mixtral_m, 8, 2, false, t,
         false);
   }
   for (Index t : kTokens) {  // the same with bf16 weights (float activations, float accumulation)
-    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh);
-    add("dense/" + llama + ts + "/w:bf16", bm_dense<Eigen::bfloat16>, d, dh, t, false);
-    add("moe/" + llama + "/N:8/k:2" + ts + "/w:bf16", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t, false);
-  }
-  for (Index t : {1, 8}) {  // decode with the weights evicted before each call: a model's steady state
-    const std::string ts = "/T:" + s(t), llama = "d:" + s(d) + "/dh:" + s(dh),
-                      moe8 = "moe/" + llama + "/N:8/k:2";
-    add("dense/" + llama + ts + "/cold", bm_dense<float>, d, dh, t, true);
-    add(moe8 + ts + "/cold", bm_moe<float>, d, dh, 8, 2, true, t, true);
-    add("dense/" + llama + ts + "/w:bf16/cold", bm_dense<Eigen::bfloat16>, d, dh, t, true);
-    add(moe8 + ts + "/w:bf16/cold", bm_moe<Eigen::bfloat16>, d, dh, 8, 2, true, t, true);
+    using BF16 = Eigen::bfloat16;
+    const std::string ts = "/T:" + s(t), moe8 = "moe/" + llama + "/N:8/k:2" + ts;
+    add("dense/" + llama + ts + "/w:bf16", bm_dense<BF16>, d, dh, t, false);
+    if (t <= kMaxColdTokens) add("dense/" + llama + ts + "/w:bf16/cold", bm_dense<BF16>, d, dh, t, true);
+    add(moe8 + "/w:bf16", bm_moe<BF16>, d, dh, 8, 2, true, t, false);
+    if (t <= kMaxColdTokens) add(moe8 + "/w:bf16/cold", bm_moe<BF16>, d, dh, 8, 2, true, t, true);
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
   benchmark::RunSpecifiedBenchmarks();
