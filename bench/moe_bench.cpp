@@ -21,6 +21,7 @@
 //     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <map>
@@ -113,35 +114,38 @@ void set_counters(benchmark::State& state, double flops, double weight_bytes) {
 
 /// 1 GiB of floats, far larger than the last-level cache: StreamRead's buffer and the cold
 /// benchmarks' eviction.
+constexpr Index kBigFloats = Index{1} << 28;
 const ColMatrix<float>& big_buffer() {
-  static const ColMatrix<float> buffer = random_matrix(Index{1} << 28, 1, 1.0, 3);
+  static const ColMatrix<float> buffer = random_matrix(kBigFloats, 1, 1.0, 3);
   return buffer;
 }
 
 /// Sums the first `floats` of big_buffer() in fixed chunks over the pool; returns the sum.
+/// (The chunk sums live on the stack: nothing is allocated inside StreamRead's timed loop.)
 float read_big_buffer(Index floats) {
   constexpr Index kChunk = Index{1} << 20;
   const Index chunks = floats / kChunk;
-  std::vector<float> sums(static_cast<std::size_t>(chunks));
+  std::array<float, kBigFloats / kChunk> sums{};
+  const float* data = big_buffer().data();
   parallel_for(&pool(), chunks, [&](Index c) {
     using detail::FloatLanes;
     constexpr Index L = FloatLanes::kWidth;
     FloatLanes acc[4] = {FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero(), FloatLanes::zero()};
-    const float* p = big_buffer().data() + c * kChunk;
+    const float* p = data + c * kChunk;
     for (Index i = 0; i < kChunk; i += 4 * L)
       for (int a = 0; a < 4; ++a) acc[a].add(FloatLanes::load(p + i + a * L));
     sums[static_cast<std::size_t>(c)] = acc[0].sum() + acc[1].sum() + acc[2].sum() + acc[3].sum();
   });
   float total = 0;
-  for (float v : sums) total += v;
+  for (Index c = 0; c < chunks; ++c) total += sums[static_cast<std::size_t>(c)];
   return total;
 }
 
 /// The read bandwidth the decode path is measured against: all of big_buffer() per iteration.
 void bm_stream_read(benchmark::State& state) {
-  const Index floats = big_buffer().size();
-  for (auto _ : state) benchmark::DoNotOptimize(read_big_buffer(floats));
-  state.SetBytesProcessed(static_cast<std::int64_t>(floats * sizeof(float)) * state.iterations());
+  big_buffer();  // made here, not in the first timed iteration
+  for (auto _ : state) benchmark::DoNotOptimize(read_big_buffer(kBigFloats));
+  state.SetBytesProcessed(static_cast<std::int64_t>(kBigFloats * sizeof(float)) * state.iterations());
 }
 
 /// Cold benchmarks call this before each timed call: it reads 512 MB with the timer paused, which
@@ -150,7 +154,7 @@ void bm_stream_read(benchmark::State& state) {
 /// ~1.3x faster than a 1 GB one here, but 135 MB only ~1.1x: what a core can use is far smaller.)
 /// Returns the read's seconds: the cold cases report its rate as `stream_bytes_per_second`, the
 /// read bandwidth of the same seconds as the calls, a steadier reference than StreamRead's run
-/// minutes earlier on this VM (26-63 GB/s within an hour).
+/// minutes earlier on this VM (23-64 GB/s within an hour on 2026-11-28).
 constexpr Index kEvictFloats = Index{1} << 27;
 double evict_caches(benchmark::State& state) {
   state.PauseTiming();
@@ -161,9 +165,20 @@ double evict_caches(benchmark::State& state) {
   return seconds;
 }
 
-void set_stream_counter(benchmark::State& state, double evict_seconds) {
-  state.counters["stream_bytes_per_second"] =
-      double(kEvictFloats) * sizeof(float) * double(state.iterations()) / evict_seconds;
+/// The timed loop of the dense, MoE and every-expert cases: call() per iteration, after evict_caches when
+/// cold (then with the counter stream_bytes_per_second); y is the call's output.
+template <class Call>
+void time_calls(benchmark::State& state, bool cold, const RowMatrix<float>& y, Call call) {
+  double evict_seconds = 0;
+  for (auto _ : state) {
+    if (cold) evict_seconds += evict_caches(state);
+    call();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  if (cold)
+    state.counters["stream_bytes_per_second"] =
+        double(kEvictFloats) * sizeof(float) * double(state.iterations()) / evict_seconds;
 }
 
 template <class W>
@@ -173,14 +188,7 @@ void bm_dense(benchmark::State& state, Index d, Index dh, Index tokens, bool col
   FfnWorkspace<float> ws;
   const FfnWeightsView<W> w = dense<W>(d, dh).view();
   ffn_forward<float>(w, x, y, ws, &pool());  // warm-up: workspace touched
-  double evict_seconds = 0;
-  for (auto _ : state) {
-    if (cold) evict_seconds += evict_caches(state);
-    ffn_forward<float>(w, x, y, ws, &pool());
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  if (cold) set_stream_counter(state, evict_seconds);
+  time_calls(state, cold, y, [&] { ffn_forward<float>(w, x, y, ws, &pool()); });
   set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
                3.0 * double(d) * double(dh) * sizeof(W));
 }
@@ -202,14 +210,7 @@ void bm_moe(benchmark::State& state, Index d, Index m, int n, int k, bool sliced
       ++touched;
     }
   const double expert_m = double(l.expert(0).hidden_dim());
-  double evict_seconds = 0;
-  for (auto _ : state) {
-    if (cold) evict_seconds += evict_caches(state);
-    l.forward(x, y, ws, &pool());
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
-  if (cold) set_stream_counter(state, evict_seconds);
+  time_calls(state, cold, y, [&] { l.forward(x, y, ws, &pool()); });
   set_counters(state, 6.0 * double(d) * expert_m * k * double(tokens), touched_bytes);
   state.counters["experts_touched"] = touched;
 }
@@ -232,11 +233,7 @@ void bm_all_experts(benchmark::State& state, Index d, Index dh, int n, int k, In
     apply_scale<float>(y, l.scale());
   };
   run();  // warm-up
-  for (auto _ : state) {
-    run();
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
+  time_calls(state, false, y, run);
   set_counters(state, 6.0 * double(d) * double(dh) * double(tokens),
                3.0 * double(d) * double(dh) * sizeof(float));
 }
