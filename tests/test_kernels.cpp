@@ -136,7 +136,7 @@ TEST_CASE("A token's result does not depend on the other rows of the call (kerne
   std::vector<float> few, many;
   Index ld = 0;
   run_both(p, few, many, ld);
-  std::vector<float> few4(static_cast<std::size_t>(4 * p.cols));  // 4 rows: a tile of 3, then 1
+  std::vector<float> few4(static_cast<std::size_t>(4 * p.cols));  // 4 rows: one 4 x 6 tile per 6 columns
   detail::few_rows_matmul(p.x.data(), p.depth, 4, p.w.data(), p.depth, p.depth, p.cols, few4.data(), p.cols,
                           1);
   for (Index r : {0, 3, 17, 36}) {
