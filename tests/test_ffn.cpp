@@ -76,7 +76,7 @@ TEST_CASE("ffn_forward on zero tokens is a no-op", "[ffn]") {
 }
 
 TEST_CASE("ffn_forward: GeGLU, ReGLU, clamped SwiGLU and biases against double references", "[ffn]") {
-  const Index d = 7, m = 9, tokens = 6;  // 6 > kFewRows: both scratch layouts are covered below
+  const Index d = 7, m = 9, tokens = detail::kFewRows + 2;  // both scratch layouts are covered below
   FfnWeights<double> w = testutil::random_ffn<double>(d, m, 31, 1.5);  // pre-activations reach past ±7
   w.gate_bias = testutil::random_matrix<Eigen::VectorXd>(m, 1, 41, 2.0);
   w.up_bias = testutil::random_matrix<Eigen::VectorXd>(m, 1, 42, 2.0);

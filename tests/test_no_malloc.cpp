@@ -58,7 +58,7 @@ struct NoMallocScope {
 TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[no_malloc]") {
   // Small enough that Eigen's GEMM blocking buffers live on the stack (under
   // EIGEN_STACK_ALLOCATION_LIMIT); Eigen's own heap blocking for large GEMMs is outside our code.
-  const Index d = 32, dh = 64, tokens = 12;
+  const Index d = 32, dh = 64, tokens = 24;  // experts past kFewRows rows: both scratch layouts
   const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
   const FfnWeightsView<float> dense = ffn.view();
   const auto router = testutil::random_matrix<ColMatrix<float>>(d, 4, 4);
