@@ -70,7 +70,7 @@ void few_rows_tile(const float* x, Index ldx, const W* w, Index ldw, Index depth
     for (int c = 0; c < C; ++c) out[r * out_row_stride + c * out_col_stride] = acc[r][c].sum();
 }
 
-/// All rows against C columns: tiles of R rows, then one of the rows left.
+/// All rows against C columns: tiles of R rows, then the fewer than R rows left in one tile.
 template <int R, int C, class W>
 void few_rows_columns(const float* x, Index ldx, Index rows, const W* w, Index ldw, Index depth, float* out,
                       Index out_row_stride, Index out_col_stride) {
@@ -78,21 +78,10 @@ void few_rows_columns(const float* x, Index ldx, Index rows, const W* w, Index l
   for (; r + R <= rows; r += R)
     few_rows_tile<R, C>(x + r * ldx, ldx, w, ldw, depth, out + r * out_row_stride, out_row_stride,
                         out_col_stride);
-  x += r * ldx;
-  out += r * out_row_stride;
-  switch (rows - r) {
-    case 3:
-      if constexpr (R > 3) few_rows_tile<3, C>(x, ldx, w, ldw, depth, out, out_row_stride, out_col_stride);
-      break;
-    case 2:
-      if constexpr (R > 2) few_rows_tile<2, C>(x, ldx, w, ldw, depth, out, out_row_stride, out_col_stride);
-      break;
-    case 1:
-      if constexpr (R > 1) few_rows_tile<1, C>(x, ldx, w, ldw, depth, out, out_row_stride, out_col_stride);
-      break;
-    default:
-      break;
-  }
+  if constexpr (R > 1)
+    if (r < rows)
+      few_rows_columns<R - 1, C>(x + r * ldx, ldx, rows - r, w, ldw, depth, out + r * out_row_stride,
+                                 out_row_stride, out_col_stride);
 }
 
 /// Every column, C at a time, then 4, then 1; the rows in tiles of R.
