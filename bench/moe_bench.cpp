@@ -21,12 +21,18 @@
 //     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <moe/moe.hpp>
+#include <sstream>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -238,6 +244,55 @@ void bm_all_experts(benchmark::State& state, Index d, Index dh, int n, int k, In
                3.0 * double(d) * double(dh) * sizeof(float));
 }
 
+/// The CPU as "brand, vendor family F model M (microarchitecture)", for the benchmark's context.
+/// This project's VM has run on Zen 4 and on Zen 5 hosts under the same name ("AMD EPYC"); Zen 4
+/// issues 512-bit FMAs and vdpbf16ps at half Zen 5's rate, so every figure must say which.
+std::string cpu_description() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned r[12] = {};
+  if (!__get_cpuid(0, &r[0], &r[1], &r[2], &r[3])) return "unknown x86";
+  char vendor[13] = {};
+  std::memcpy(vendor, &r[1], 4);  // the vendor string is in ebx, edx, ecx
+  std::memcpy(vendor + 4, &r[3], 4);
+  std::memcpy(vendor + 8, &r[2], 4);
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __get_cpuid(1, &eax, &ebx, &ecx, &edx);
+  const unsigned base_family = (eax >> 8) & 0xF, base_model = (eax >> 4) & 0xF;
+  const unsigned family = base_family == 0xF ? base_family + ((eax >> 20) & 0xFF) : base_family;
+  const unsigned model =
+      base_family == 0x6 || base_family == 0xF ? base_model | (((eax >> 16) & 0xF) << 4) : base_model;
+  std::string brand;
+  if (__get_cpuid(0x80000004, &r[0], &r[1], &r[2], &r[3])) {
+    char text[49] = {};
+    for (unsigned leaf = 0; leaf < 3; ++leaf) {
+      __get_cpuid(0x80000002 + leaf, &r[0], &r[1], &r[2], &r[3]);
+      std::memcpy(text + 16 * leaf, r, 16);
+    }
+    brand = text;
+    brand.erase(brand.find_last_not_of(' ') + 1);
+    brand.erase(0, brand.find_first_not_of(' '));
+  }
+  // AMD's families by the models AMD documents (Zen 4: 0x10-0x1F Genoa, 0x60-0x7F client,
+  // 0xA0-0xAF Bergamo; the rest of 0x19 is Zen 3).
+  std::string uarch;
+  if (std::string(vendor) == "AuthenticAMD") {
+    if (family == 0x17) uarch = "Zen / Zen 2";
+    if (family == 0x19)
+      uarch = (model >= 0x10 && model <= 0x1F) || (model >= 0x60 && model <= 0x7F) ||
+                      (model >= 0xA0 && model <= 0xAF)
+                  ? "Zen 4"
+                  : "Zen 3";
+    if (family == 0x1A) uarch = "Zen 5";
+  }
+  std::ostringstream out;
+  out << (brand.empty() ? "" : brand + ", ") << vendor << " family " << family << " model " << model;
+  if (!uarch.empty()) out << " (" << uarch << ")";
+  return out.str();
+#else
+  return "not x86";
+#endif
+}
+
 template <class F, class... Args>
 void add(const std::string& name, F f, Args... args) {
   benchmark::RegisterBenchmark(name.c_str(), f, args...)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -276,6 +331,7 @@ int main(int argc, char** argv) {
     if (t <= kMaxColdTokens) add(moe8 + "/w:bf16/cold", bm_moe<BF16>, d, dh, 8, 2, true, t, true);
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
+  benchmark::AddCustomContext("cpu", cpu_description());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

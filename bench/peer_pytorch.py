@@ -82,11 +82,30 @@ def time_call(fn, repetitions, min_seconds=0.2, before=None):
     return statistics.median(times)
 
 
-def moe_bench_medians(path):
+def moe_bench_json(path):
+    """moe_bench's medians by name, and the CPU its context names ("" if none)."""
     with open(path) as f:
         data = json.load(f)
-    return {b["run_name"].removesuffix("/real_time"): b["real_time"]
-            for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
+    medians = {b["run_name"].removesuffix("/real_time"): b["real_time"]
+               for b in data["benchmarks"] if b.get("aggregate_name") == "median"}
+    return medians, data.get("context", {}).get("cpu", "")
+
+
+def this_cpu():
+    """ "model name, vendor family F model M" from /proc/cpuinfo, as moe_bench's context writes it
+    (without its microarchitecture name); "" where there is no /proc/cpuinfo."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return ""
+    return (f"{fields.get('model name', '?')}, {fields.get('vendor_id', '?')} family "
+            f"{fields.get('cpu family', '?')} model {fields.get('model', '?')}")
 
 
 def main():
@@ -107,7 +126,8 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    ours = moe_bench_medians(args.moe_bench_json) if args.moe_bench_json else {}
+    ours, ours_cpu = moe_bench_json(args.moe_bench_json) if args.moe_bench_json else ({}, "")
+    cpu = this_cpu()
     suffix = ("" if args.dtype == "float32" else "/w:bf16") + ("/cold" if args.cold else "")
     tokens = COLD_TOKENS if args.cold else TOKENS
     evict = None
@@ -120,7 +140,10 @@ def main():
     cold = ", weights evicted before each call" if args.cold else ""
     print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.dtype}, medians of "
           f"{args.repetitions} repetitions{cold}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}\n")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}; CPU: {cpu or 'unknown'}\n")
+    if ours and not (cpu and cpu.split(", ")[-1] in ours_cpu):  # vendor, family and model must match
+        # The same VM name has run on hosts of different CPU generations (moe_bench.cpp).
+        print(f"**Warning: moe_bench's figures come from another CPU ({ours_cpu or 'not recorded'}).**\n")
     print("| benchmark | PyTorch ms | moe ms | PyTorch / moe |")
     print("|---|---|---|---|")
     for name, d, m, n, k in CASES:

@@ -32,8 +32,11 @@ def main(path):
     rows.sort()
 
     ctx = data["context"]
+    l1d = next((c["size"] // 1024 for c in ctx.get("caches", []) if c.get("type") == "Data" and c.get("level") == 1),
+               "?")
     reps = data["benchmarks"][-1].get("repetitions", "?")
-    print(f"Machine: {ctx.get('num_cpus')} CPUs @ {ctx.get('mhz_per_cpu')} MHz, threads={ctx.get('threads')}, "
+    print(f"Machine: {ctx.get('cpu', 'CPU not recorded')}; {ctx.get('num_cpus')} CPUs @ {ctx.get('mhz_per_cpu')} MHz, "
+          f"L1d {l1d} KiB, threads={ctx.get('threads')}, "
           f"date {ctx.get('date')}; medians of {reps} repetitions; StreamRead "
           f"{stream / 1e9:.1f} GB/s.\n" if stream else "")
     print("| shape | T | dense ms | MoE ms | MoE / dense | MoE weights GB/s (of StreamRead) "
