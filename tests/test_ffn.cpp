@@ -9,8 +9,11 @@ using namespace moe;
 
 TEMPLATE_TEST_CASE("ffn_forward matches the double reference, formula (1)", "[ffn]", float, double) {
   using T = TestType;
-  // d = 300 and m = 520 span several 256-column blocks, with ragged last blocks.
-  for (auto [tokens, d, m] : {std::tuple<Index, Index, Index>{1, 8, 4}, {5, 300, 520}, {64, 33, 17}}) {
+  // d = 300 and m = 520 span several 256-column blocks, with ragged last blocks; 293 and 389 tokens
+  // run in 2 and 3 row blocks (128 + 165, 128 + 128 + 133), h read back across them.
+  static_assert(detail::kRowBlock == 128, "the token counts below are chosen for 128-row blocks");
+  for (auto [tokens, d, m] :
+       {std::tuple<Index, Index, Index>{1, 8, 4}, {5, 300, 520}, {64, 33, 17}, {293, 33, 17}, {389, 20, 9}}) {
     const FfnWeights<T> ffn = testutil::random_ffn<T>(d, m, 1, 0.2);
     const auto x = testutil::random_matrix<RowMatrix<T>>(tokens, d, 4);
     RowMatrix<T> y(tokens, d);
@@ -38,6 +41,28 @@ TEST_CASE("ffn_forward is bitwise identical for any thread count", "[ffn]") {
     ffn_forward<float>(w, x, y, ws, &pool);
     CHECK(testutil::bitwise_equal(y, y0));
   }
+}
+
+TEMPLATE_TEST_CASE("Row blocks: a token row's output bits do not depend on the call's other rows", "[ffn]",
+                   float, Eigen::bfloat16) {
+  // Past 2·kRowBlock rows the scratch is cut into row blocks (detail::num_row_blocks); each row's
+  // sums must not depend on its block, nor on the thread count: 389 rows (blocks of 128, 128, 133)
+  // against 170 of them in one call (one block), rows 100-269, across both block boundaries.
+  using W = TestType;
+  const Index d = 300, m = 520, tokens = 389, first = 100, part = 170;
+  REQUIRE(detail::num_row_blocks(tokens) == 3);
+  REQUIRE(detail::num_row_blocks(part) == 1);
+  const FfnWeights<float> f = testutil::random_ffn<float>(d, m, 5, 0.2);
+  const FfnWeights<W> w = convert_weights<W>(f.view());
+  const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, d, 6);
+  RowMatrix<float> all(tokens, d), some(part, d), all2(tokens, d);
+  FfnWorkspace<float> ws;
+  ThreadPool pool(2);
+  ffn_forward<float>(w.view(), x, all, ws);
+  ffn_forward<float>(w.view(), x.middleRows(first, part), some, ws, &pool);
+  CHECK(testutil::bitwise_equal(RowMatrix<float>(all.middleRows(first, part)), some));
+  ffn_forward<float>(w.view(), x, all2, ws, &pool);
+  CHECK(testutil::bitwise_equal(all, all2));
 }
 
 TEST_CASE("ffn_forward writes through Ref without copying and rejects bad shapes", "[ffn]") {

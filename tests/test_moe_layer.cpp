@@ -46,11 +46,13 @@ TEMPLATE_TEST_CASE("MoELayer equals 'run every expert, pick the top-k' (NumPy re
     bool renorm;
   };
   // T = 1 (most experts idle), k = N, uneven partitions (dh % N != 0), both weight modes, d/m
-  // spanning several 256-column blocks, and ~45 rows per expert with d = 300 (the float GEMM
-  // kernel's token panels, row padding and a partial depth block).
+  // spanning several 256-column blocks, ~45 rows per expert with d = 300 (the float GEMM
+  // kernel's token panels, row padding and a partial depth block), and 400 rows on each of 2
+  // experts (3 row blocks of the scratch, detail::num_row_blocks).
   const Case cases[] = {{16, 64, 4, 2, 1, false},   {16, 64, 4, 4, 7, false},   {24, 50, 3, 2, 16, true},
                         {32, 96, 8, 1, 5, false},   {20, 103, 8, 2, 33, false}, {300, 530, 4, 2, 9, true},
-                        {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true},      {300, 530, 4, 2, 90, false}};
+                        {12, 40, 16, 4, 64, false}, {8, 9, 2, 2, 3, true},      {300, 530, 4, 2, 90, false},
+                        {24, 70, 2, 2, 400, false}};
   for (const Case& c : cases) {
     Fixture<T> f(c.d, c.dh, c.n, 100 + static_cast<std::uint64_t>(c.n * 7 + c.k));
     MoEConfig cfg{c.k, c.renorm ? TopKWeights::kRenormalized : TopKWeights::kSoftmax, std::nullopt};
@@ -123,6 +125,40 @@ TEST_CASE("MoELayer output is bitwise identical for any thread count", "[moe_lay
       CHECK(testutil::bitwise_equal(y, y0));
     }
   }
+}
+
+TEMPLATE_TEST_CASE("MoELayer: a token's expert outputs do not depend on the call's other tokens",
+                   "[moe_layer]", float, Eigen::bfloat16) {
+  // The expert computation, past 2·kRowBlock rows, runs in row blocks of the scratch; a row's bits
+  // must not depend on its block. With N = k = 2 both experts get every token: 700 rows (5 row
+  // blocks), and 150 of those tokens in a call of their own 150 rows (one block). The routing is
+  // given (forward_routed): the router's logits come from Eigen's GEMM, whose blocking, and so
+  // its sums, depend on the token count.
+  using W = TestType;
+  Fixture<float> f(300, 520, 2, 17);
+  std::vector<FfnWeights<W>> experts;
+  for (const auto& e : slice_experts(f.dense(), f.partition)) experts.push_back(convert_weights<W>(e.view()));
+  const MoELayer<float, W> layer(experts, f.router, {2});
+  const Index tokens = 700, first = 200, part = 150;
+  const auto x = testutil::random_matrix<RowMatrix<float>>(tokens, 300, 18);
+  IdMatrix ids(tokens, 2);
+  RowMatrix<float> w(tokens, 2);
+  for (Index t = 0; t < tokens; ++t) {
+    ids(t, 0) = static_cast<int>(t % 2);
+    ids(t, 1) = static_cast<int>(1 - t % 2);
+    w(t, 0) = 0.6f + 0.0005f * static_cast<float>(t);
+    w(t, 1) = 0.2f;
+  }
+  RowMatrix<float> all(tokens, 300), some(part, 300);
+  MoEWorkspace<float> ws;
+  ThreadPool pool(2);
+  layer.forward_routed(x, ids, w, all, ws, &pool);
+  REQUIRE(detail::num_row_blocks(ws.dispatch().counts[0]) == 5);
+  layer.forward_routed(x.middleRows(first, part), ids.middleRows(first, part), w.middleRows(first, part),
+                       some, ws);
+  REQUIRE(detail::num_row_blocks(ws.dispatch().counts[0]) == 1);
+  REQUIRE(ws.dispatch().counts[0] > detail::kFewRows);  // the same many-rows kernel
+  CHECK(testutil::bitwise_equal(RowMatrix<float>(all.middleRows(first, part)), some));
 }
 
 TEST_CASE("MoELayer::forward on a CpuBackend is the workspace forward, bit for bit", "[moe_layer]") {

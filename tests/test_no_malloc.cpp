@@ -58,7 +58,9 @@ struct NoMallocScope {
 TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[no_malloc]") {
   // Small enough that Eigen's GEMM blocking buffers live on the stack (under
   // EIGEN_STACK_ALLOCATION_LIMIT); Eigen's own heap blocking for large GEMMs is outside our code.
-  const Index d = 32, dh = 64, tokens = 24;  // experts past kFewRows rows: both scratch layouts
+  // 600 tokens: the dense FFN in 4 row blocks, each expert ~300 rows (2 blocks); 1 and 5 tokens:
+  // the row-major scratch of few rows.
+  const Index d = 32, dh = 64, tokens = 600;
   const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
   const FfnWeightsView<float> dense = ffn.view();
   const auto router = testutil::random_matrix<ColMatrix<float>>(d, 4, 4);
@@ -71,6 +73,9 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
   MoEWorkspace<float> ws;
   ws.reserve(layer, tokens);
   ThreadPool pool(2);
+  RoutingRecord<float> rec;
+  layer.forward(x, y, ws, &pool, &rec);
+  for (const Index rows : rec.tokens_per_expert) REQUIRE(detail::num_row_blocks(rows) > 1);
   {
     NoMallocScope scope;
     ffn_forward<float>(dense, x, y, fws, &pool);
@@ -123,7 +128,7 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
 TEST_CASE("bf16 experts and a bf16 dense FFN allocate nothing after reserve", "[no_malloc]") {
   // Built for this CPU too (test_no_malloc_native): with AVX512-BF16 the workspaces then also
   // hold the bf16-pair copies of the activations (detail::uses_bf16_pairs), reserved up front.
-  const Index d = 32, dh = 64, tokens = 24;
+  const Index d = 32, dh = 64, tokens = 600;  // row blocks, as above
   const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
   const FfnWeights<Eigen::bfloat16> dense = convert_weights<Eigen::bfloat16>(ffn.view());
   std::vector<FfnWeights<Eigen::bfloat16>> experts;

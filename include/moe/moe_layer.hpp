@@ -260,7 +260,7 @@ class MoELayer {
       detail::PairScratch p;
       if (detail::uses_bf16_pairs<T, W>(dp.counts[u]))
         p = {ws.x_pairs_.data() + roff[u] * ((d + 1) / 2), ws.h_pairs_.data() + roff[u] * pair_width_h,
-             detail::scratch_rows<T>(dp.counts[u])};
+             detail::scratch_rows<T>(dp.counts[u]), (d + 1) / 2, pair_width_h};
       return p;
     };
 
@@ -291,15 +291,15 @@ class MoELayer {
       // (Not a structured binding: C++17 lambdas cannot capture those; clang rejects it.)
       const int e = task(gather_tasks + i).first;
       const Index b = task(gather_tasks + i).second;
-      with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&) {
-        detail::glu_hidden_block(expert(e), xe, g, h, b, act, pairs_of(e));
+      with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&, const detail::RowBlock& blk) {
+        detail::glu_hidden_block(expert(e), xe, g, h, b, act, pairs_of(e).block(blk));
       });
     });
     parallel_for(pool, down_tasks, [&](Index i) {
       const int e = task(gather_tasks + hidden_tasks + i).first;
       const Index b = task(gather_tasks + hidden_tasks + i).second;
-      with_expert(e, [&](const auto&, auto&, auto& h, auto& ye) {
-        detail::down_proj_block(expert(e), h, ye, b, pairs_of(e));
+      with_expert(e, [&](const auto&, auto&, auto& h, auto& ye, const detail::RowBlock& blk) {
+        detail::down_proj_block(expert(e), h, ye, b, pairs_of(e).block(blk));
       });
     });
     // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
