@@ -44,7 +44,7 @@ TEST_CASE("ffn_forward is bitwise identical for any thread count", "[ffn]") {
 }
 
 TEMPLATE_TEST_CASE("Row blocks: a token row's output bits do not depend on the call's other rows", "[ffn]",
-                   float, Eigen::bfloat16) {
+                   float, Eigen::bfloat16, Eigen::half) {
   // Past 2·kRowBlock rows the scratch is cut into row blocks (detail::num_row_blocks); each row's
   // sums must not depend on its block, nor on the thread count: 389 rows (blocks of 128, 128, 133)
   // against 170 of them in one call (one block), rows 100-269, across both block boundaries.

@@ -128,7 +128,7 @@ TEST_CASE("MoELayer output is bitwise identical for any thread count", "[moe_lay
 }
 
 TEMPLATE_TEST_CASE("MoELayer: a token's expert outputs do not depend on the call's other tokens",
-                   "[moe_layer]", float, Eigen::bfloat16) {
+                   "[moe_layer]", float, Eigen::bfloat16, Eigen::half) {
   // The expert computation, past 2·kRowBlock rows, runs in row blocks of the scratch; a row's bits
   // must not depend on its block. With N = k = 2 both experts get every token: 700 rows (5 row
   // blocks), and 150 of those tokens in a call of their own 150 rows (one block). The routing is
