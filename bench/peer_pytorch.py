@@ -143,7 +143,8 @@ def main():
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}; CPU: {cpu or 'unknown'}\n")
     if ours and not (cpu and cpu.split(", ")[-1] in ours_cpu):  # vendor, family and model must match
         # The same VM name has run on hosts of different CPU generations (moe_bench.cpp).
-        print(f"**Warning: moe_bench's figures come from another CPU ({ours_cpu or 'not recorded'}).**\n")
+        print(f"**Warning: the moe_bench JSON names {'another CPU: ' + ours_cpu if ours_cpu else 'no CPU'}; "
+              f"its figures may not be comparable.**\n")
     print("| benchmark | PyTorch ms | moe ms | PyTorch / moe |")
     print("|---|---|---|---|")
     for name, d, m, n, k in CASES:
