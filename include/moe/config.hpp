@@ -20,11 +20,12 @@
 // Up to MOE_FEW_ROWS token rows per expert (or dense call), float matmuls run few_rows_matmul (each
 // weight read once for all rows); above, many_rows_matmul (a GEMM over 32-row token panels, which
 // half-empty panels make wasteful for a handful of rows). 8 since the 4 x 6 decode tile
-// (2026-11-29; 4 before, when 8 rows ran as three tiles of 3 x 8): dense FFN d = 4096,
-// m = 11008, weights cold, 2 cores AVX-512, alternating 4 / 8 — T = 8 bf16 20.9 / 19.5 / 22.4 ->
-// 14.5 / 12.9 / 15.0 ms, f32 30.2 / 26.3 / 23.6 -> 28.0 / 25.0 / 23.1; T = 12 and 16 were slower
-// through few_rows_matmul (f32 27 -> 36-45 ms). MoE N = 8 k = 2 at T = 32 (experts with 6-13
-// tokens): bf16 3 of 3 rounds ~5% faster, f32 within noise.
+// (2026-11-29; 4 before, when 8 rows ran as three tiles of 3 x 8): moe_bench dense
+// d = 4096, m = 11008, T = 8 cold, 2 cores AVX-512, three alternating rounds 4 / 8 — bf16
+// 19.7 / 19.7 / 20.2 -> 16.4 / 14.1 / 13.6 ms, f32 26.1 / 29.0 / 28.6 -> 27.5 / 27.8 / 26.2 (the
+// figures of the README and commit 9081858); T = 12 and 16 were slower through few_rows_matmul
+// (f32 27 -> 36-45 ms). MoE N = 8 k = 2 at T = 32 (experts with 6-13 tokens): bf16 3 of 3 rounds
+// ~5% faster, f32 within noise.
 #ifndef MOE_FEW_ROWS
 #define MOE_FEW_ROWS 8
 #endif
