@@ -16,6 +16,8 @@
 // All use one ThreadPool of every core. Counters: bytes_per_second = bytes of the weights the
 // call read (the experts it touched) per second; FLOP/s = 2·3·d·m per (token, expert) pair.
 //
+// The context records the pool's thread count and the CPU (cpu_description), which this project's
+// VM has changed under the same name.
 // Run (then bench/report.py bench.json prints the README's tables):
 //   build/bench/moe_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //     --benchmark_out=bench.json
@@ -249,7 +251,7 @@ void bm_all_experts(benchmark::State& state, Index d, Index dh, int n, int k, In
 /// issues 512-bit FMAs and vdpbf16ps at half Zen 5's rate, so every figure must say which.
 std::string cpu_description() {
 #if defined(__x86_64__) || defined(__i386__)
-  unsigned r[12] = {};
+  unsigned r[4] = {};
   if (!__get_cpuid(0, &r[0], &r[1], &r[2], &r[3])) return "unknown x86";
   char vendor[13] = {};
   std::memcpy(vendor, &r[1], 4);  // the vendor string is in ebx, edx, ecx
