@@ -58,8 +58,8 @@ struct NoMallocScope {
 TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[no_malloc]") {
   // Small enough that Eigen's GEMM blocking buffers live on the stack (under
   // EIGEN_STACK_ALLOCATION_LIMIT); Eigen's own heap blocking for large GEMMs is outside our code.
-  // 600 tokens: the dense FFN in 4 row blocks, each expert ~300 rows (2 blocks); 1 and 5 tokens:
-  // the row-major scratch of few rows.
+  // 600 tokens: the dense FFN in 4 row blocks, each expert ~300 rows (2 blocks); 40: ~20 rows per
+  // expert, one column-major block; 1 and 5 tokens: the row-major scratch of few rows.
   const Index d = 32, dh = 64, tokens = 600;
   const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
   const FfnWeightsView<float> dense = ffn.view();
@@ -79,7 +79,9 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
   {
     NoMallocScope scope;
     ffn_forward<float>(dense, x, y, fws, &pool);
-    for (Index t : {tokens, Index(1), Index(5)}) layer.forward(x.topRows(t), y.topRows(t), ws, &pool);
+    ffn_forward<float>(dense, x.topRows(40), y.topRows(40), fws, &pool);
+    for (Index t : {tokens, Index(40), Index(1), Index(5)})
+      layer.forward(x.topRows(t), y.topRows(t), ws, &pool);
     CHECK(scope.allocations() == 0);
     CHECK(scope.eigen_allocations() == 0);
   }
@@ -114,7 +116,7 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
     MoEWorkspace<float> vws;
     vws.reserve(v, tokens);
     NoMallocScope scope;
-    for (Index t : {tokens, Index(1), Index(5)}) v.forward(x.topRows(t), y.topRows(t), vws, &pool);
+    for (Index t : {tokens, Index(40), Index(1), Index(5)}) v.forward(x.topRows(t), y.topRows(t), vws, &pool);
     CHECK(scope.allocations() == 0);
     CHECK(scope.eigen_allocations() == 0);
   }
@@ -144,7 +146,7 @@ TEST_CASE("bf16 experts and a bf16 dense FFN allocate nothing after reserve", "[
   ws.reserve(layer, tokens);
   ThreadPool pool(2);
   NoMallocScope scope;
-  for (Index t : {tokens, Index(1), Index(9)}) {
+  for (Index t : {tokens, Index(40), Index(1), Index(9)}) {  // 40: one column-major block
     ffn_forward<float>(dense.view(), x.topRows(t), y.topRows(t), fws, &pool);
     layer.forward(x.topRows(t), y.topRows(t), ws, &pool);
   }
