@@ -76,10 +76,11 @@ void run_both(const Problem<W>& p, std::vector<float>& few, std::vector<float>& 
 template <class W>
 void check_against_reference() {
   // depth: below one vector, tails of a vector, several depth blocks of 256 with a tail; rows:
-  // 1..4 (few-rows tiles), 17 and 40 (one and two token panels plus padding), 150 (two row chunks
-  // of the bf16-pair packing); cols: not multiples of the kernels' column tiles.
+  // 1..4 (few-rows tiles), 17 and 40 (one and three vectors of rows, 8-column panels), 64, 70 and
+  // 100 (AVX-512: 6-column panels in tiles of 4 vectors, then a last tile of 1 or 3), 150 (two row
+  // chunks of the bf16-pair packing; a last tile of 2); cols: not multiples of the column tiles.
   for (Index depth : {1, 7, 16, 17, 300, 513})
-    for (Index rows : {1, 2, 3, 4, 5, 17, 40, 150})
+    for (Index rows : {1, 2, 3, 4, 5, 17, 40, 64, 70, 100, 150})
       for (Index cols : {1, 5, 13, 27}) {
         const Problem<W> p(rows, depth, cols, static_cast<std::uint64_t>(depth * 1000 + rows * 10 + cols));
         std::vector<float> few, many;
@@ -132,14 +133,14 @@ TEMPLATE_TEST_CASE("bf16 / half weights give bitwise the float result on the wid
 TEST_CASE("A token's result does not depend on the other rows of the call (kernel level)", "[kernels]") {
   // Each output is a function of its own row and column only: tiles, panels and padding change
   // which instructions run, never the order of a sum.
-  const Problem<float> p(37, 700, 31, 5);
+  const Problem<float> p(100, 700, 31, 5);  // many-rows tiles of 4 and 3 vectors (AVX-512)
   std::vector<float> few, many;
   Index ld = 0;
   run_both(p, few, many, ld);
   std::vector<float> few4(static_cast<std::size_t>(4 * p.cols));  // 4 rows: one 4 x 6 tile per 6 columns
   detail::few_rows_matmul(p.x.data(), p.depth, 4, p.w.data(), p.depth, p.depth, p.cols, few4.data(), p.cols,
                           1);
-  for (Index r : {0, 3, 17, 36}) {
+  for (Index r : {0, 3, 17, 36, 70, 99}) {
     Problem<float> one = p;
     one.rows = 1;
     one.x.assign(p.x.begin() + r * p.depth, p.x.begin() + (r + 1) * p.depth);

@@ -6,11 +6,12 @@
 // the gathered expert inputs and the hidden activations (column-major, rows padded to whole
 // vectors), so only the gather transposes, once per call, and the hidden layer feeds the down
 // projection as it is. Float weights are read where they are stored; bf16/half weights are widened
-// a panel at a time (kPanelCols columns by kDepthBlock k) into a small block on the stack, which
+// a panel at a time (up to kPanelCols columns by kDepthBlock k) into a small block on the stack, which
 // every token panel then reuses from L1.
 //
-// Micro-kernel: 2 vectors of token rows (32 with AVX-512) x 8 columns = 16 accumulators; per k,
-// two loads of A and 8 broadcasts of W feed 16 fused multiply-adds.
+// Micro-kernel: V vectors of token rows x C weight columns, V·C accumulators; per k, V loads of A
+// and C broadcasts of W feed V·C fused multiply-adds. With AVX-512: 4 vectors (64 rows) x 6
+// columns where a panel has 64 rows or more, else up to 3 vectors x 8 columns.
 //
 // With AVX512-BF16 and bf16 weights (MOE_BF16_DOT, config.hpp), the tile multiplies pairs of k
 // in bf16 instead (vdpbf16ps, twice the products per instruction): A is rounded to bf16 and packed
@@ -47,11 +48,32 @@ inline Index padded_rows(Index rows) {
 // float 16 rows 121 -> 162 GFLOP/s (32 rows 198-210 -> 210), bf16 pairs 16 rows 185 -> 270,
 // 32 rows 287 -> 427 (its peak). moe_bench N = 8 k = 2, alternating binaries twice: f32 T = 64
 // 30.7 / 26.3 -> 27.2 / 23.8 ms, T = 512 165 / 132 -> 139 / 120; bf16 T = 64 19.6 / 14.8 ->
-// 15.6 / 13.0, T = 512 95.2 / 72.3 -> 65.9 / 66.1. (And 8 divides kColumnBlock: no narrow panels.)
+// 15.6 / 13.0, T = 512 95.2 / 72.3 -> 65.9 / 66.1.
 constexpr int kPanelCols = 8;
+// From 4 vectors of rows on, 6 columns in tiles of 4 vectors: 24 accumulators (29 registers with
+// the row vectors and a broadcast) against 2 x 8's 16, so each weight broadcast and each row
+// vector feeds more products: fewer loads per product and fewer weight columns sharing L1 sets.
+// Zen 4, 2 threads, 128 rows x 256 columns, weights streamed from memory, three rounds: bf16 pairs
+// 156-198 -> 194-215 GFLOP/s per thread, float 89-103 -> 98-111 (its peak is 111).
+constexpr int kPanelColsManyRows = 6;
+constexpr int kMaxTileVectors = 4;
+constexpr int kRegisters = 32;
 #else
 constexpr int kPanelCols = 6;  // 12 accumulators of 16 registers (AVX2)
+constexpr int kPanelColsManyRows = 6;
+constexpr int kMaxTileVectors = 2;
+constexpr int kRegisters = 16;
 #endif
+
+/// Columns per weight panel for a panel of `rows` token rows (a multiple of kPanelRowQuantum).
+inline int panel_cols(Index rows) {
+  return rows >= Index{kMaxTileVectors} * FloatLanes::kWidth ? kPanelColsManyRows : kPanelCols;
+}
+
+/// Vectors of rows per tile of C columns: the most (up to kMaxTileVectors) whose accumulators, row
+/// vectors and one broadcast fit the registers.
+template <int C>
+constexpr int kTileVectors = std::min(kMaxTileVectors, (kRegisters - 1) / (C + 1));
 constexpr Index kDepthBlock = 256;
 
 /// The next weight panel is prefetched into L2, not L1: with d = 4096 an expert's columns lie
@@ -157,18 +179,30 @@ void many_rows_tile(const std::uint32_t* a, Index lda, const Eigen::bfloat16* b,
 constexpr bool kBf16DotProducts = false;
 #endif
 
+/// The last rows of a panel, fewer than a full tile: one tile of `vectors` vectors (< V).
+template <int V, int C, class A, class B, class W>
+void many_rows_last_tile(int vectors, const A* a, Index lda, const B* b, Index ldb, Index kc, float* c,
+                         Index ldc, bool first, const W* next, Index ldnext) {
+  if constexpr (V >= 1) {
+    if (vectors == V) return many_rows_tile<V, C>(a, lda, b, ldb, kc, c, ldc, first, next, ldnext);
+    many_rows_last_tile<V - 1, C>(vectors, a, lda, b, ldb, kc, c, ldc, first, next, ldnext);
+  }
+}
+
 /// All token panels of one weight panel of C columns; the first also prefetches the next panel.
 /// b: float weights (or a widened panel), or bf16 weights with kBf16DotProducts.
 template <int C, class A, class B, class W>
 void many_rows_panel(const A* a, Index lda, Index rows, const B* b, Index ldb, Index kc, float* c, Index ldc,
                      bool first, const W* next, Index ldnext) {
+  constexpr int V = kTileVectors<C>;
   constexpr Index L = FloatLanes::kWidth;
   Index r = 0;
-  for (; r + 2 * L <= rows; r += 2 * L) {
-    many_rows_tile<2, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
+  for (; r + V * L <= rows; r += V * L) {
+    many_rows_tile<V, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
   }
   if (r < rows)
-    many_rows_tile<1, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
+    many_rows_last_tile<V - 1, C>(static_cast<int>((rows - r) / L), a + r, lda, b, ldb, kc, c + r, ldc, first,
+                                  r == 0 ? next : nullptr, ldnext);
 }
 
 /// The kernel for a column count known at run time (the last panel of a block may be narrow).
@@ -185,8 +219,8 @@ void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b
 /// columns of the next depth block, else none. Streaming them in during a panel's FMAs hides the
 /// memory latency where few token rows share each weight (an expert's ~16 rows at T = 64).
 template <class W>
-const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0) {
-  if (j0 + kPanelCols < cols) return w + (j0 + kPanelCols) * ldw + k0;
+const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0, int panel) {
+  if (j0 + panel < cols) return w + (j0 + panel) * ldw + k0;
   if (k0 + kDepthBlock < depth) return w + k0 + kDepthBlock;
   return nullptr;
 }
@@ -203,9 +237,11 @@ inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows,
                                   Index ldw, Index depth, Index cols, Index k0, float* c, Index ldc,
                                   bool first_chunk) {
   const Index kc = std::min(kDepthBlock, depth - k0);
-  for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
-    const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
-    const Eigen::bfloat16* next = first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0) : nullptr;
+  const int panel = panel_cols(rows);
+  for (Index j0 = 0; j0 < cols; j0 += panel) {
+    const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
+    const Eigen::bfloat16* next =
+        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel) : nullptr;
     many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
   }
 }
@@ -259,11 +295,12 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
   static_cast<void>(a_pairs);  // never set for these weights (uses_bf16_pairs, ffn.hpp)
   static_cast<void>(ld_pairs);
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
+  const int panel_width = panel_cols(prows);
   for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
     const Index kc = std::min(kDepthBlock, depth - k0);
-    for (Index j0 = 0; j0 < cols; j0 += kPanelCols) {
-      const int nc = static_cast<int>(std::min<Index>(kPanelCols, cols - j0));
-      const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0);
+    for (Index j0 = 0; j0 < cols; j0 += panel_width) {
+      const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
+      const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width);
       if constexpr (std::is_same_v<W, float>) {
         // Float weights are broadcast from where they are stored: copying the panel measured no
         // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
