@@ -18,8 +18,8 @@
 #endif
 
 // Up to MOE_FEW_ROWS token rows per expert (or dense call), float matmuls run few_rows_matmul (each
-// weight read once for all rows); above, many_rows_matmul (a GEMM over 32-row token panels, which
-// half-empty panels make wasteful for a handful of rows). 8 since the 4 x 6 decode tile
+// weight read once for all rows); above, many_rows_matmul (a GEMM over token rows padded to whole
+// vectors of 16, which padding makes wasteful for a handful of rows). 8 since the 4 x 6 decode tile
 // (2026-11-29; 4 before, when 8 rows ran as three tiles of 3 x 8): moe_bench dense
 // d = 4096, m = 11008, T = 8 cold, 2 cores AVX-512, three alternating rounds 4 / 8 — bf16
 // 19.7 / 19.7 / 20.2 -> 16.4 / 14.1 / 13.6 ms, f32 26.1 / 29.0 / 28.6 -> 27.5 / 27.8 / 26.2 (the
