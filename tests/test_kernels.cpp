@@ -76,9 +76,10 @@ void run_both(const Problem<W>& p, std::vector<float>& few, std::vector<float>& 
 template <class W>
 void check_against_reference() {
   // depth: below one vector, tails of a vector, several depth blocks of 256 with a tail; rows:
-  // 1..4 (few-rows tiles), 17 and 40 (one and three vectors of rows, 8-column panels), 64, 70 and
-  // 100 (AVX-512: 6-column panels in tiles of 4 vectors, then a last tile of 1 or 3), 150 (two row
-  // chunks of the bf16-pair packing; a last tile of 2); cols: not multiples of the column tiles.
+  // 1..4 (few-rows tiles; many-rows panel-outer), 17 (two vectors of rows, panel-outer) and 40
+  // (three vectors, depth-block-outer; both 8-column panels), 64, 70 and 100 (AVX-512: 6-column
+  // panels in tiles of 4 vectors, then a last tile of 1 or 3), 150 (two row chunks of the bf16-pair
+  // packing; a last tile of 2); cols: not multiples of the column tiles.
   for (Index depth : {1, 7, 16, 17, 300, 513})
     for (Index rows : {1, 2, 3, 4, 5, 17, 40, 64, 70, 100, 150})
       for (Index cols : {1, 5, 13, 27}) {
@@ -131,7 +132,8 @@ TEMPLATE_TEST_CASE("bf16 / half weights give bitwise the float result on the wid
 }
 
 TEST_CASE("A token's result does not depend on the other rows of the call (kernel level)", "[kernels]") {
-  // Each output is a function of its own row and column only: tiles, panels and padding change
+  // Each output is a function of its own row and column only: tiles, panels, padding and the
+  // order of panels and depth blocks (one row runs panel-outer, 100 depth-block-outer) change
   // which instructions run, never the order of a sum.
   const Problem<float> p(100, 700, 31, 5);  // many-rows tiles of 4 and 3 vectors (AVX-512)
   std::vector<float> few, many;

@@ -30,6 +30,17 @@
 #define MOE_FEW_ROWS 8
 #endif
 
+// Up to MOE_PANEL_OUTER_ROWS token rows (padded to whole vectors), many_rows_matmul runs each
+// weight panel through its whole depth before the next (one contiguous run per weight column);
+// above, each depth block through all panels (detail::kPanelOuterRows). Same sums, same bits; 0
+// turns it off. Zen 4, 2 threads, moe_bench alternating 0 / 32 three rounds (2026-11-29):
+// N = 8 k = 2 T = 64 (experts of 14-19 rows) bf16 18.2-19.1 -> 17.7-18.0 ms, f32 32.6-33.9 ->
+// 32.2-33.0; Mixtral T = 64 f32 328-334 -> 316-318; N = 16 k = 4 T = 64 unchanged. 16 measured as
+// 32; at T = 96 and 128 (experts of 20-39 rows) 0 and 32 are within noise.
+#ifndef MOE_PANEL_OUTER_ROWS
+#define MOE_PANEL_OUTER_ROWS 32
+#endif
+
 // With bf16 weights on a CPU with AVX512-BF16 (compiled with e.g. -march=native), the prefill
 // kernel multiplies bf16 pairs (vdpbf16ps, float sums): the activations are rounded to bf16 (round
 // to nearest even) for those products, as PyTorch's and llama.cpp's bf16 paths do, for twice the

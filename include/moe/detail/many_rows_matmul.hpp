@@ -217,14 +217,45 @@ void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b
   }
 }
 
-/// The weights the panel after (k0, j0) reads: the next columns at this depth, else the first
-/// columns of the next depth block, else none. Streaming them in during a panel's FMAs hides the
-/// memory latency where few token rows share each weight (an expert's ~16 rows at T = 64).
+/// Up to this many (padded) token rows, each weight panel runs through its whole depth before the
+/// next panel starts ("panel-outer"); above, each depth block runs through all panels. Few rows
+/// make few products per weight, so the weights' memory stream sets the pace, and panel-outer
+/// reads each weight column as one contiguous run (16 KB at d = 4096 in float) instead of one
+/// 1 KB run per depth block. With many rows, depth-block-outer keeps one depth block of A hot for
+/// every panel, where panel-outer would re-read all of A for each. Either order adds the same
+/// depth blocks in the same order to each element of C: the results are bitwise the same.
+/// bf16 pairs packed inside the call (no a_pairs) stay depth-block-outer: they are packed one
+/// depth block at a time. Measurements: MOE_PANEL_OUTER_ROWS in config.hpp.
+constexpr Index kPanelOuterRows = MOE_PANEL_OUTER_ROWS;
+
+/// The weights the panel after (k0, j0) reads. Depth block outer: the next columns at this depth,
+/// else the first columns of the next depth block. Panel outer: the next depth block of these
+/// columns, else the next columns from depth 0. None after the last. Streaming them in during a
+/// panel's FMAs hides the memory latency where few token rows share each weight.
 template <class W>
-const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0, int panel) {
+const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0, int panel,
+                           bool panel_outer) {
+  if (panel_outer) {
+    if (k0 + kDepthBlock < depth) return w + j0 * ldw + k0 + kDepthBlock;
+    if (j0 + panel < cols) return w + (j0 + panel) * ldw;
+    return nullptr;
+  }
   if (j0 + panel < cols) return w + (j0 + panel) * ldw + k0;
   if (k0 + kDepthBlock < depth) return w + k0 + kDepthBlock;
   return nullptr;
+}
+
+/// Calls f(k0, j0) for every depth block k0 and weight panel j0 (of `panel` columns) of a
+/// depth x cols matmul, in panel-outer or depth-block-outer order (kPanelOuterRows).
+template <class F>
+void for_each_panel(Index depth, Index cols, int panel, bool panel_outer, F&& f) {
+  if (panel_outer) {
+    for (Index j0 = 0; j0 < cols; j0 += panel)
+      for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) f(k0, j0);
+  } else {
+    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
+      for (Index j0 = 0; j0 < cols; j0 += panel) f(k0, j0);
+  }
 }
 
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
@@ -243,7 +274,7 @@ inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows,
   for (Index j0 = 0; j0 < cols; j0 += panel) {
     const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
     const Eigen::bfloat16* next =
-        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel) : nullptr;
+        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel, false) : nullptr;
     many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
   }
 }
@@ -256,6 +287,17 @@ inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows,
 inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
                                    Index ldw, Index depth, Index cols, float* c, Index ldc) {
   const Index prows = padded_rows(rows);
+  if (prows <= kPanelOuterRows) {
+    static_assert(kPanelOuterRows <= kPairChunkRows, "panel-outer rows are one chunk");
+    const int panel = panel_cols(prows);
+    for_each_panel(depth, cols, panel, true, [&](Index k0, Index j0) {
+      const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
+      many_rows_panel_any(nc, p + k0 / 2 * ldp, ldp, prows, w + j0 * ldw + k0, ldw,
+                          std::min(kDepthBlock, depth - k0), c + j0 * ldc, ldc, k0 == 0,
+                          next_weight_panel(w, ldw, depth, cols, k0, j0, panel, true), ldw);
+    });
+    return;
+  }
   for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
     for (Index r0 = 0; r0 < prows; r0 += kPairChunkRows)
       many_rows_pairs_chunk(p + k0 / 2 * ldp + r0, ldp, std::min(kPairChunkRows, prows - r0), w, ldw, depth,
@@ -298,30 +340,28 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
   static_cast<void>(ld_pairs);
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
   const int panel_width = panel_cols(prows);
-  for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
+  const bool panel_outer = prows <= kPanelOuterRows;
+  for_each_panel(depth, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
     const Index kc = std::min(kDepthBlock, depth - k0);
-    for (Index j0 = 0; j0 < cols; j0 += panel_width) {
-      const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
-      const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width);
-      if constexpr (std::is_same_v<W, float>) {
-        // Float weights are broadcast from where they are stored: copying the panel measured no
-        // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
-        many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
-                            k0 == 0, next, ldw);
-      } else {
-        for (int j = 0; j < nc; ++j) {
-          const W* src = w + (j0 + j) * ldw + k0;
-          float* dst = panel + j * kc;
-          Index k = 0;
-          for (; k + FloatLanes::kWidth <= kc; k += FloatLanes::kWidth)
-            FloatLanes::load(src + k).store(dst + k);
-          for (; k < kc; ++k) dst[k] = widen(src[k]);
-        }
-        many_rows_panel_any(nc, a + k0 * lda, lda, prows, panel, kc, kc, c + j0 * ldc, ldc, k0 == 0, next,
-                            ldw);
+    const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
+    const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width, panel_outer);
+    if constexpr (std::is_same_v<W, float>) {
+      // Float weights are broadcast from where they are stored: copying the panel measured no
+      // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
+      many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
+                          k0 == 0, next, ldw);
+    } else {
+      for (int j = 0; j < nc; ++j) {
+        const W* src = w + (j0 + j) * ldw + k0;
+        float* dst = panel + j * kc;
+        Index k = 0;
+        for (; k + FloatLanes::kWidth <= kc; k += FloatLanes::kWidth)
+          FloatLanes::load(src + k).store(dst + k);
+        for (; k < kc; ++k) dst[k] = widen(src[k]);
       }
+      many_rows_panel_any(nc, a + k0 * lda, lda, prows, panel, kc, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
     }
-  }
+  });
 }
 
 }  // namespace moe::detail
