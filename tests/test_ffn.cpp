@@ -152,12 +152,12 @@ TEST_CASE("bf16 pairs packed once (gather, hidden block) give the bits of packin
   // the input straight into pairs and pack h where it is computed (detail::PairScratch);
   // many_rows_matmul without them packs the same float values itself, once per column block.
   // Same rounding, same products in the same order: the same bits.
-  // d, m odd (a last pair with a zero high half); d > 512: three depth blocks (two add to the same
-  // bits in either order); m > 256: two column blocks; 40 rows: three vectors of rows with
-  // padding, the kernel's depth-block-outer order; 17 rows (two vectors): with the packed pairs,
-  // panel-outer (detail::kPanelOuterRows), against depth-block-outer packing inside
-  // many_rows_matmul (reversing the depth blocks of panel-outer fails 4 checks here).
-  const Index rows = GENERATE(Index{17}, Index{40}), d = 601, m = 275;
+  // d, m odd (a last pair with a zero high half); d > 2048: three depth blocks of pairs (two add
+  // to the same bits in either order); m > 256: two column blocks; 40 rows: three vectors of rows
+  // with padding, the kernel's depth-block-outer order; 17 rows (two vectors): with the packed
+  // pairs, panel-outer (detail::kPanelOuterRows), against depth-block-outer packing inside
+  // many_rows_matmul (reversing the depth blocks of panel-outer fails the check of h).
+  const Index rows = GENERATE(Index{17}, Index{40}), d = 2101, m = 275;
   INFO("rows=" << rows);
   const FfnWeights<float> f = testutil::random_ffn<float>(d, m, 3, 0.2);
   const FfnWeights<Eigen::bfloat16> wb = convert_weights<Eigen::bfloat16>(f.view());

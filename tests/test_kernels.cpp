@@ -75,12 +75,12 @@ void run_both(const Problem<W>& p, std::vector<float>& few, std::vector<float>& 
 
 template <class W>
 void check_against_reference() {
-  // depth: below one vector, tails of a vector, several depth blocks of 256 with a tail; rows:
-  // 1..4 (few-rows tiles; many-rows panel-outer), 17 (two vectors of rows, panel-outer) and 40
-  // (three vectors, depth-block-outer; both 8-column panels), 64, 70 and 100 (AVX-512: 6-column
-  // panels in tiles of 4 vectors, then a last tile of 1 or 3), 150 (two row chunks of the bf16-pair
-  // packing; a last tile of 2); cols: not multiples of the column tiles.
-  for (Index depth : {1, 7, 16, 17, 300, 513})
+  // depth: below one vector, tails of a vector, several depth blocks (256; 1024 for bf16 pairs)
+  // with a tail; rows: 1..4 (few-rows tiles; many-rows panel-outer), 17 (two vectors of rows,
+  // panel-outer) and 40 (three vectors, depth-block-outer; both 8-column panels), 64, 70 and 100
+  // (AVX-512: 6-column panels in tiles of 4 vectors, then a last tile of 1 or 3), 150 (several row
+  // chunks of the bf16-pair packing; a last tile of 2); cols: not multiples of the column tiles.
+  for (Index depth : {1, 7, 16, 17, 300, 513, 2100})
     for (Index rows : {1, 2, 3, 4, 5, 17, 40, 64, 70, 100, 150})
       for (Index cols : {1, 5, 13, 27}) {
         const Problem<W> p(rows, depth, cols, static_cast<std::uint64_t>(depth * 1000 + rows * 10 + cols));

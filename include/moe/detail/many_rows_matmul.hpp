@@ -15,11 +15,12 @@
 //
 // With AVX512-BF16 and bf16 weights (MOE_BF16_DOT, config.hpp), the tile multiplies pairs of k
 // in bf16 instead (vdpbf16ps, twice the products per instruction): A is rounded to bf16 and packed
-// in k-pairs once per depth block and 128-row chunk, the weights are broadcast as stored.
+// in k-pairs (by the layer, once per expert input and hidden layer), the weights are broadcast as
+// stored, and the depth blocks are kPairDepthBlock deep.
 //
 // Determinism: C(r, j) = (((Σ_{k in block 0}) + Σ_{k in block 1}) + ...), each block summed in k
-// order with FMA — a function of row r of A and column j of W only, never of the tiling, the row
-// count or the thread.
+// order with FMA (blocks of kDepthBlock, or kPairDepthBlock for bf16 pairs) — a function of row r
+// of A and column j of W only, never of the tiling, the row count, the loop order or the thread.
 #pragma once
 
 #include <algorithm>
@@ -232,35 +233,43 @@ constexpr Index kPanelOuterRows = MOE_PANEL_OUTER_ROWS;
 /// else the first columns of the next depth block. Panel outer: the next depth block of these
 /// columns, else the next columns from depth 0. None after the last. Streaming them in during a
 /// panel's FMAs hides the memory latency where few token rows share each weight.
+/// kb: the depth block (kDepthBlock, or kPairDepthBlock for bf16 pairs).
 template <class W>
 const W* next_weight_panel(const W* w, Index ldw, Index depth, Index cols, Index k0, Index j0, int panel,
-                           bool panel_outer) {
+                           bool panel_outer, Index kb) {
   if (panel_outer) {
-    if (k0 + kDepthBlock < depth) return w + j0 * ldw + k0 + kDepthBlock;
+    if (k0 + kb < depth) return w + j0 * ldw + k0 + kb;
     if (j0 + panel < cols) return w + (j0 + panel) * ldw;
     return nullptr;
   }
   if (j0 + panel < cols) return w + (j0 + panel) * ldw + k0;
-  if (k0 + kDepthBlock < depth) return w + k0 + kDepthBlock;
+  if (k0 + kb < depth) return w + k0 + kb;
   return nullptr;
 }
 
-/// Calls f(k0, j0) for every depth block k0 and weight panel j0 (of `panel` columns) of a
-/// depth x cols matmul, in panel-outer or depth-block-outer order (kPanelOuterRows).
+/// Calls f(k0, j0) for every depth block k0 (of kb) and weight panel j0 (of `panel` columns) of
+/// a depth x cols matmul, in panel-outer or depth-block-outer order (kPanelOuterRows).
 template <class F>
-void for_each_panel(Index depth, Index cols, int panel, bool panel_outer, F&& f) {
+void for_each_panel(Index depth, Index kb, Index cols, int panel, bool panel_outer, F&& f) {
   if (panel_outer) {
     for (Index j0 = 0; j0 < cols; j0 += panel)
-      for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) f(k0, j0);
+      for (Index k0 = 0; k0 < depth; k0 += kb) f(k0, j0);
   } else {
-    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
+    for (Index k0 = 0; k0 < depth; k0 += kb)
       for (Index j0 = 0; j0 < cols; j0 += panel) f(k0, j0);
   }
 }
 
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
-/// Token rows per chunk of bf16 pairs: 128 rows x kDepthBlock / 2 pairs = 64 KB, read by every
-/// column panel of a depth block while it stays in L2.
+/// The depth block of bf16 pairs, 4 x kDepthBlock: each tile runs 512 pairs of k between loading
+/// and storing its sums, and reads each weight column in 2 KB runs. Zen 4, moe_bench alternating
+/// against 256 three rounds (2026-11-29): dense T = 512 341-346 -> 330-335 ms, T = 64 43.2-43.4 ->
+/// 41.1-41.9; MoE N = 8 k = 2 T = 512 96-100 -> 93-96, T = 64 17.6-17.8 -> 16.3-16.6. 2048
+/// measured as 1024; float weights at 1024 were within noise of 256, and keep it.
+constexpr Index kPairDepthBlock = 1024;
+
+/// Token rows per chunk of packed bf16 pairs: 128 rows x kPairDepthBlock / 2 pairs = 256 KB, read
+/// by every column panel of a depth block while it stays in L2. (64 measured as 128.)
 constexpr Index kPairChunkRows = 128;
 
 /// Every column panel of depth block k0 against one chunk of packed rows: p[kp·ldp + r] holds
@@ -269,12 +278,12 @@ constexpr Index kPairChunkRows = 128;
 inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
                                   Index ldw, Index depth, Index cols, Index k0, float* c, Index ldc,
                                   bool first_chunk) {
-  const Index kc = std::min(kDepthBlock, depth - k0);
+  const Index kc = std::min(kPairDepthBlock, depth - k0);
   const int panel = panel_cols(rows);
   for (Index j0 = 0; j0 < cols; j0 += panel) {
     const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
     const Eigen::bfloat16* next =
-        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel, false) : nullptr;
+        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel, false, kPairDepthBlock) : nullptr;
     many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
   }
 }
@@ -290,15 +299,15 @@ inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows
   if (prows <= kPanelOuterRows) {
     static_assert(kPanelOuterRows <= kPairChunkRows, "panel-outer rows are one chunk");
     const int panel = panel_cols(prows);
-    for_each_panel(depth, cols, panel, true, [&](Index k0, Index j0) {
+    for_each_panel(depth, kPairDepthBlock, cols, panel, true, [&](Index k0, Index j0) {
       const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
       many_rows_panel_any(nc, p + k0 / 2 * ldp, ldp, prows, w + j0 * ldw + k0, ldw,
-                          std::min(kDepthBlock, depth - k0), c + j0 * ldc, ldc, k0 == 0,
-                          next_weight_panel(w, ldw, depth, cols, k0, j0, panel, true), ldw);
+                          std::min(kPairDepthBlock, depth - k0), c + j0 * ldc, ldc, k0 == 0,
+                          next_weight_panel(w, ldw, depth, cols, k0, j0, panel, true, kPairDepthBlock), ldw);
     });
     return;
   }
-  for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
+  for (Index k0 = 0; k0 < depth; k0 += kPairDepthBlock)
     for (Index r0 = 0; r0 < prows; r0 += kPairChunkRows)
       many_rows_pairs_chunk(p + k0 / 2 * ldp + r0, ldp, std::min(kPairChunkRows, prows - r0), w, ldw, depth,
                             cols, k0, c + r0, ldc, r0 == 0);
@@ -322,13 +331,15 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
   if constexpr (std::is_same_v<W, Eigen::bfloat16>) {
     if (a_pairs) return many_rows_matmul_pairs(a_pairs, ld_pairs, rows, w, ldw, depth, cols, c, ldc);
-    // Depth block by depth block, chunks of token rows packed as bf16 pairs (64 KB on the stack),
-    // then every column panel against them; the weights are broadcast from where they are stored.
-    alignas(64) std::uint32_t pairs[kPairChunkRows * kDepthBlock / 2];
-    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock) {
-      const Index kc = std::min(kDepthBlock, depth - k0);
-      for (Index r0 = 0; r0 < prows; r0 += kPairChunkRows) {
-        const Index chunk = std::min(kPairChunkRows, prows - r0);
+    // Depth block by depth block, chunks of 32 token rows packed as bf16 pairs (64 KB on the
+    // stack), then every column panel against them; the weights are broadcast from where they are
+    // stored. (The layer packs its activations once instead; chunks change the tiles, not a bit.)
+    constexpr Index kChunkRows = 32;
+    alignas(64) std::uint32_t pairs[kChunkRows * kPairDepthBlock / 2];
+    for (Index k0 = 0; k0 < depth; k0 += kPairDepthBlock) {
+      const Index kc = std::min(kPairDepthBlock, depth - k0);
+      for (Index r0 = 0; r0 < prows; r0 += kChunkRows) {
+        const Index chunk = std::min(kChunkRows, prows - r0);
         pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
         many_rows_pairs_chunk(pairs, chunk, chunk, w, ldw, depth, cols, k0, c + r0, ldc, r0 == 0);
       }
@@ -341,10 +352,10 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
   const int panel_width = panel_cols(prows);
   const bool panel_outer = prows <= kPanelOuterRows;
-  for_each_panel(depth, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
+  for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
     const Index kc = std::min(kDepthBlock, depth - k0);
     const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
-    const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width, panel_outer);
+    const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width, panel_outer, kDepthBlock);
     if constexpr (std::is_same_v<W, float>) {
       // Float weights are broadcast from where they are stored: copying the panel measured no
       // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
