@@ -262,30 +262,39 @@ void for_each_panel(Index depth, Index kb, Index cols, int panel, bool panel_out
 
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
 /// The depth block of bf16 pairs, 4 x kDepthBlock: each tile runs 512 pairs of k between loading
-/// and storing its sums, and reads each weight column in 2 KB runs. Zen 4, moe_bench alternating
-/// against 256 three rounds (2026-11-29): dense T = 512 341-346 -> 330-335 ms, T = 64 43.2-43.4 ->
-/// 41.1-41.9; MoE N = 8 k = 2 T = 512 96-100 -> 93-96, T = 64 17.6-17.8 -> 16.3-16.6. 2048
-/// measured as 1024; float weights at 1024 were within noise of 256, and keep it.
+/// and storing its sums, and reads each weight column in 2 KB runs. Zen 4, moe_bench, three rounds
+/// alternating 256 with 1024 and other variants (2026-11-29): dense T = 512 341-346 -> 330-335 ms,
+/// T = 64 43.2-43.4 -> 41.1-41.9; MoE N = 8 k = 2 T = 512 96-100 -> 93-96, T = 64 17.6-17.8 ->
+/// 16.3-16.6. 2048 measured as 1024; float weights at 1024 were within noise of 256, and keep it.
 constexpr Index kPairDepthBlock = 1024;
 
 /// Token rows per chunk of packed bf16 pairs: 128 rows x kPairDepthBlock / 2 pairs = 256 KB, read
 /// by every column panel of a depth block while it stays in L2. (64 measured as 128.)
 constexpr Index kPairChunkRows = 128;
 
-/// Every column panel of depth block k0 against one chunk of packed rows: p[kp·ldp + r] holds
-/// rows r < rows (a multiple of 16) at depth k0 + 2kp, k0 + 2kp + 1. c: the chunk's first row.
-/// first_chunk: the chunk that prefetches the next weight panel (later chunks find it in cache).
+/// One weight panel (`panel` columns from j0, clipped to cols; depth block k0) against packed
+/// rows: p[kp·ldp + r] holds rows r < rows (a multiple of 16) at depth k0 + 2kp, k0 + 2kp + 1.
+/// c: the rows' first output row. next: the weights to prefetch meanwhile, or nullptr.
+inline void many_rows_pairs_panel(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
+                                  Index ldw, Index depth, Index cols, Index k0, Index j0, int panel, float* c,
+                                  Index ldc, const Eigen::bfloat16* next) {
+  const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
+  many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, std::min(kPairDepthBlock, depth - k0),
+                      c + j0 * ldc, ldc, k0 == 0, next, ldw);
+}
+
+/// Every column panel of depth block k0 against one chunk of packed rows (many_rows_pairs_panel's
+/// p, rows, c). first_chunk: the chunk that prefetches the next weight panel (later chunks find it
+/// in cache).
 inline void many_rows_pairs_chunk(const std::uint32_t* p, Index ldp, Index rows, const Eigen::bfloat16* w,
                                   Index ldw, Index depth, Index cols, Index k0, float* c, Index ldc,
                                   bool first_chunk) {
-  const Index kc = std::min(kPairDepthBlock, depth - k0);
   const int panel = panel_cols(rows);
-  for (Index j0 = 0; j0 < cols; j0 += panel) {
-    const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
-    const Eigen::bfloat16* next =
-        first_chunk ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel, false, kPairDepthBlock) : nullptr;
-    many_rows_panel_any(nc, p, ldp, rows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
-  }
+  for (Index j0 = 0; j0 < cols; j0 += panel)
+    many_rows_pairs_panel(p, ldp, rows, w, ldw, depth, cols, k0, j0, panel, c, ldc,
+                          first_chunk
+                              ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel, false, kPairDepthBlock)
+                              : nullptr);
 }
 
 /// many_rows_matmul for bf16 weights with A already packed by pack_bf16_pairs over its whole
@@ -297,13 +306,10 @@ inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows
                                    Index ldw, Index depth, Index cols, float* c, Index ldc) {
   const Index prows = padded_rows(rows);
   if (prows <= kPanelOuterRows) {
-    static_assert(kPanelOuterRows <= kPairChunkRows, "panel-outer rows are one chunk");
     const int panel = panel_cols(prows);
     for_each_panel(depth, kPairDepthBlock, cols, panel, true, [&](Index k0, Index j0) {
-      const int nc = static_cast<int>(std::min<Index>(panel, cols - j0));
-      many_rows_panel_any(nc, p + k0 / 2 * ldp, ldp, prows, w + j0 * ldw + k0, ldw,
-                          std::min(kPairDepthBlock, depth - k0), c + j0 * ldc, ldc, k0 == 0,
-                          next_weight_panel(w, ldw, depth, cols, k0, j0, panel, true, kPairDepthBlock), ldw);
+      many_rows_pairs_panel(p + k0 / 2 * ldp, ldp, prows, w, ldw, depth, cols, k0, j0, panel, c, ldc,
+                            next_weight_panel(w, ldw, depth, cols, k0, j0, panel, true, kPairDepthBlock));
     });
     return;
   }
