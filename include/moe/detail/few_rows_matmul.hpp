@@ -100,6 +100,22 @@ void few_rows_tiles(const float* x, Index ldx, Index rows, const W* w, Index ldw
                            out_col_stride);
 }
 
+#if defined(__AVX512F__)
+/// Weight columns per tile for 1-2 token rows and for 3 rows and more (tiles of 4 rows): see
+/// few_rows_matmul.
+constexpr int kFewRowsColsUpTo2 = 8;
+constexpr int kFewRowsColsFrom3 = 6;
+#else
+/// With 16 vector registers (AVX2, the portable fallback) the AVX-512 tiles spill: 2 x 8 needs 16
+/// sums and 8 weight vectors, 4 x 6 24 sums. 2 x 4 (8 sums, 4 weights, a row: 13 registers) and
+/// 4 x 3 (12 + 3 + 1 = 16) do not. Zen 3, 2 threads, 800 MB of f32 weights (400 MB bf16) at
+/// depth 4096, five rounds, medians, GB/s, old -> new tiles: f32 2 rows 16.3 -> 17.5, 4 rows
+/// 12.8 -> 15.0, 8 rows 7.6 -> 11.8; bf16 2 rows 17.8 -> 20.4, 4 rows 14.9 -> 15.2, 8 rows 7.4 ->
+/// 9.1; 1 row within noise (a plain read of the same bytes: 15-18 GB/s).
+constexpr int kFewRowsColsUpTo2 = 4;
+constexpr int kFewRowsColsFrom3 = 3;
+#endif
+
 /// out(r, j) = Σ_k x(r, k) · W(k, j) for r < rows, j < cols, k < depth.
 /// x: row r at x + r·ldx; W: column j at w + j·ldw (depth contiguous values, float / bf16 / half);
 /// out(r, j) at out + r·out_row_stride + j·out_col_stride.
@@ -109,6 +125,7 @@ void few_rows_matmul(const float* x, Index ldx, Index rows, const W* w, Index ld
   static_assert(
       std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
       "few_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
+  // With AVX-512 (16 registers: the narrower tiles above).
   // 1-2 rows: 8 weight columns in flight. 8 memory streams keep the prefetchers busy (4 reached
   // ~0.65 of the read bandwidth at 2-4 rows, moe_bench T = 8), and 8 independent sums per row
   // hide the FMA latency.
@@ -119,8 +136,10 @@ void few_rows_matmul(const float* x, Index ldx, Index rows, const W* w, Index ld
   // (1 thread, 24 columns of depth 4096): f32 3 rows 20 -> 27 GB/s; cold (2 threads, 1.5 GB of
   // weights, against a plain read of the same seconds), 4 rows: f32 0.68 -> 0.75, bf16 0.67 -> 0.74.
   if (rows <= 2)
-    return few_rows_tiles<2, 8>(x, ldx, rows, w, ldw, depth, cols, out, out_row_stride, out_col_stride);
-  few_rows_tiles<4, 6>(x, ldx, rows, w, ldw, depth, cols, out, out_row_stride, out_col_stride);
+    return few_rows_tiles<2, kFewRowsColsUpTo2>(x, ldx, rows, w, ldw, depth, cols, out, out_row_stride,
+                                                out_col_stride);
+  few_rows_tiles<4, kFewRowsColsFrom3>(x, ldx, rows, w, ldw, depth, cols, out, out_row_stride,
+                                       out_col_stride);
 }
 
 }  // namespace moe::detail
