@@ -194,28 +194,75 @@ void many_rows_last_tile(int vectors, const A* a, Index lda, const B* b, Index l
 
 /// All token panels of one weight panel of C columns; the first also prefetches the next panel.
 /// b: float weights (or a widened panel), or bf16 weights with kBf16DotProducts.
+/// packed: A as pack_token_tiles lays it out (the tile of rows r... at a + r·kc, lda unused).
 template <int C, class A, class B, class W>
 void many_rows_panel(const A* a, Index lda, Index rows, const B* b, Index ldb, Index kc, float* c, Index ldc,
-                     bool first, const W* next, Index ldnext) {
+                     bool first, const W* next, Index ldnext, bool packed = false) {
   constexpr int V = kTileVectors<C>;
   constexpr Index L = FloatLanes::kWidth;
+  const auto tile_a = [&](Index r) { return packed ? a + r * kc : a + r; };
   Index r = 0;
   for (; r + V * L <= rows; r += V * L) {
-    many_rows_tile<V, C>(a + r, lda, b, ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
+    many_rows_tile<V, C>(tile_a(r), packed ? V * L : lda, b, ldb, kc, c + r, ldc, first,
+                         r == 0 ? next : nullptr, ldnext);
   }
   if (r < rows)
-    many_rows_last_tile<V - 1, C>(static_cast<int>((rows - r) / L), a + r, lda, b, ldb, kc, c + r, ldc, first,
-                                  r == 0 ? next : nullptr, ldnext);
+    many_rows_last_tile<V - 1, C>(static_cast<int>((rows - r) / L), tile_a(r), packed ? rows - r : lda, b,
+                                  ldb, kc, c + r, ldc, first, r == 0 ? next : nullptr, ldnext);
 }
 
 /// The kernel for a column count known at run time (the last panel of a block may be narrow).
 template <int C = kPanelCols, class A, class B, class W>
 void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b, Index ldb, Index kc,
-                         float* c, Index ldc, bool first, const W* next, Index ldnext) {
+                         float* c, Index ldc, bool first, const W* next, Index ldnext, bool packed = false) {
   if constexpr (C >= 1) {
-    if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
-    many_rows_panel_any<C - 1>(cols, a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext);
+    if (cols == C) return many_rows_panel<C>(a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext, packed);
+    many_rows_panel_any<C - 1>(cols, a, lda, rows, b, ldb, kc, c, ldc, first, next, ldnext, packed);
   }
+}
+
+#if defined(__AVX512F__)
+/// AVX-512 tiles read A where it lies (their 64-row tiles were measured at 0.92 of peak on Zen 4
+/// that way; packing is unmeasured there).
+constexpr bool kPackTokenTiles = false;
+#else
+/// With 8-lane vectors (AVX2, the portable fallback) each depth block of A is first copied tile by
+/// tile into one contiguous run per tile (pack_token_tiles), which every weight panel then reads
+/// in order. A 16-row AVX2 tile reads one 64-byte line per k, lda floats apart (512 bytes for a
+/// 128-row block): those 256 lines fall in 8 of L1's 64 sets, so they come from L2 for every
+/// panel, in a stride the prefetchers follow poorly. Zen 3 (AVX2), 128-row blocks x 11008 columns
+/// x depth 4096, fifteen alternating rounds, medians: 1 thread 44-48 -> 58-64 GFLOP/s, 2 threads
+/// 83-93 -> 104-120 (the tile alone, in L1, reaches 84-94 per thread: this core's FMA peak).
+constexpr bool kPackTokenTiles = true;
+#endif
+/// Token rows per packed chunk: 128 rows x kDepthBlock floats, 128 KB on the stack (the layer's row
+/// blocks, ffn.hpp's kRowBlock, are one chunk; its last block, up to 255 rows, two).
+constexpr Index kPackedRows = 128;
+static_assert(kPackedRows % (kMaxTileVectors * FloatLanes::kWidth) == 0, "chunks are whole tiles");
+static_assert(
+    !kPackTokenTiles ||
+        (kTileVectors<kPanelCols> == kMaxTileVectors && kTileVectors<kPanelColsManyRows> == kMaxTileVectors),
+    "packed tiles are kMaxTileVectors vectors for every panel width (kTileVectors only grows as C shrinks)");
+
+/// Rows [0, rows) (a multiple of FloatLanes::kWidth) of A at depths [0, kc) copied as
+/// many_rows_panel reads them packed: tiles of kMaxTileVectors vectors of rows (the last: the
+/// rows left), the tile of rows [r, r + n) at p + r·kc, row r + i at depth k in p[r·kc + k·n + i].
+/// (The vector count is a template argument: with a run-time count GCC turned the copy into a
+/// `rep movs` per k, which took a third of the layer's time.)
+template <int V>
+void pack_token_tile(int vectors, const float* a, Index lda, Index kc, float* p) {
+  constexpr Index L = FloatLanes::kWidth;
+  if constexpr (V >= 1) {
+    if (vectors < V) return pack_token_tile<V - 1>(vectors, a, lda, kc, p);
+    for (Index k = 0; k < kc; ++k)
+      for (int v = 0; v < V; ++v) FloatLanes::load(a + k * lda + v * L).store(p + (k * V + v) * L);
+  }
+}
+inline void pack_token_tiles(const float* a, Index lda, Index rows, Index kc, float* p) {
+  constexpr Index L = FloatLanes::kWidth, kTile = kMaxTileVectors * L;
+  for (Index r = 0; r < rows; r += kTile)
+    pack_token_tile<kMaxTileVectors>(static_cast<int>(std::min(kTile, rows - r) / L), a + r, lda, kc,
+                                     p + r * kc);
 }
 
 /// Up to this many (padded) token rows, each weight panel runs through its whole depth before the
@@ -225,7 +272,7 @@ void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b
 /// 1 KB run per depth block. With many rows, depth-block-outer keeps one depth block of A hot for
 /// every panel, where panel-outer would re-read all of A for each. Either order adds the same
 /// depth blocks in the same order to each element of C: the results are bitwise the same.
-/// bf16 pairs packed inside the call (no a_pairs) stay depth-block-outer: they are packed one
+/// bf16 pairs packed inside the call (no a_packed) stay depth-block-outer: they are packed one
 /// depth block at a time. Measurements: MOE_PANEL_OUTER_ROWS in config.hpp.
 constexpr Index kPanelOuterRows = MOE_PANEL_OUTER_ROWS;
 
@@ -325,18 +372,25 @@ inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows
 /// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
 /// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly;
 /// with kBf16DotProducts, bf16 weights multiply A rounded to bf16 instead).
-/// a_pairs (only bf16 weights with kBf16DotProducts; else nullptr): A already packed over its whole
-/// depth by pack_bf16_pairs, ld_pairs apart — read instead of a (see many_rows_matmul_pairs).
-template <class W>
+/// a_packed (or nullptr): A already packed over its whole depth, read instead of a:
+///  - P = std::uint32_t, only bf16 weights with kBf16DotProducts: bf16 pairs by pack_bf16_pairs,
+///    ld_packed apart (see many_rows_matmul_pairs);
+///  - P = float, only with kPackTokenTiles: token tiles, each depth block packed by
+///    pack_token_tiles, the block at depth k0 at a_packed + k0·ld_packed (where column-major A
+///    with ld_packed rows has its depth k0), ld_packed = padded_rows(rows).
+/// Packed once by the caller, A is not re-packed for every call (every column block).
+template <class W, class P = std::uint32_t>
 void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index ldw, Index depth, Index cols,
-                      float* c, Index ldc, const std::uint32_t* a_pairs = nullptr, Index ld_pairs = 0) {
+                      float* c, Index ldc, const P* a_packed = nullptr, Index ld_packed = 0) {
   static_assert(
       std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
       "many_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
+  static_assert(std::is_same_v<P, std::uint32_t> || std::is_same_v<P, float>,
+                "many_rows_matmul: packed activations are bf16 pairs (std::uint32_t) or token tiles (float)");
   const Index prows = padded_rows(rows);
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
-  if constexpr (std::is_same_v<W, Eigen::bfloat16>) {
-    if (a_pairs) return many_rows_matmul_pairs(a_pairs, ld_pairs, rows, w, ldw, depth, cols, c, ldc);
+  if constexpr (std::is_same_v<W, Eigen::bfloat16> && std::is_same_v<P, std::uint32_t>) {
+    if (a_packed) return many_rows_matmul_pairs(a_packed, ld_packed, rows, w, ldw, depth, cols, c, ldc);
     // Depth block by depth block, chunks of 32 token rows packed as bf16 pairs (64 KB on the
     // stack), then every column panel against them; the weights are broadcast from where they are
     // stored. (The layer packs its activations once instead; chunks change the tiles, not a bit.)
@@ -353,20 +407,29 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
     return;
   }
 #endif
-  static_cast<void>(a_pairs);  // never set for these weights (uses_bf16_pairs, ffn.hpp)
-  static_cast<void>(ld_pairs);
+  // (Internal callers only; a wrong layout would be a silent wrong answer, so it is checked.)
+  MOE_CHECK(
+      !a_packed || (std::is_same_v<P, float> && kPackTokenTiles && ld_packed == prows),
+      "many_rows_matmul: packed activations this build does not read for these weights, or token tiles of "
+          << ld_packed << " rows for " << prows);
   alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
   const int panel_width = panel_cols(prows);
   const bool panel_outer = prows <= kPanelOuterRows;
-  for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
+  // Weight panel (k0, j0) against `rows` token rows from row r0: A at depth k0 from ak (packed
+  // tiles, or in place lda apart). prefetch: also fetch the next weight panel.
+  const auto panel_product = [&](Index k0, Index j0, const float* ak, Index ld, Index r0, Index rows_here,
+                                 bool packed, bool prefetch) {
     const Index kc = std::min(kDepthBlock, depth - k0);
     const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
-    const W* next = next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width, panel_outer, kDepthBlock);
+    const W* next =
+        prefetch ? next_weight_panel(w, ldw, depth, cols, k0, j0, panel_width, panel_outer, kDepthBlock)
+                 : nullptr;
+    float* cj = c + j0 * ldc + r0;
     if constexpr (std::is_same_v<W, float>) {
       // Float weights are broadcast from where they are stored: copying the panel measured no
       // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
-      many_rows_panel_any(nc, a + k0 * lda, lda, prows, w + j0 * ldw + k0, ldw, kc, c + j0 * ldc, ldc,
-                          k0 == 0, next, ldw);
+      many_rows_panel_any(nc, ak, ld, rows_here, w + j0 * ldw + k0, ldw, kc, cj, ldc, k0 == 0, next, ldw,
+                          packed);
     } else {
       for (int j = 0; j < nc; ++j) {
         const W* src = w + (j0 + j) * ldw + k0;
@@ -376,8 +439,34 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
           FloatLanes::load(src + k).store(dst + k);
         for (; k < kc; ++k) dst[k] = widen(src[k]);
       }
-      many_rows_panel_any(nc, a + k0 * lda, lda, prows, panel, kc, kc, c + j0 * ldc, ldc, k0 == 0, next, ldw);
+      many_rows_panel_any(nc, ak, ld, rows_here, panel, kc, kc, cj, ldc, k0 == 0, next, ldw, packed);
     }
+  };
+  if constexpr (std::is_same_v<P, float>) {
+    if (a_packed) {
+      // Token tiles packed by the caller: every depth block ready, in either loop order.
+      for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
+        panel_product(k0, j0, a_packed + k0 * ld_packed, 0, 0, prows, true, true);
+      });
+      return;
+    }
+  }
+  if (kPackTokenTiles && !panel_outer) {
+    // A given unpacked (the layer packs it once, see a_packed): depth block by depth block, chunks
+    // of rows packed (kPackTokenTiles), then every weight panel against them. Few rows
+    // (panel-outer) stream the weights and read A in place.
+    alignas(64) float tiles[kPackTokenTiles ? kPackedRows * kDepthBlock : 1];
+    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
+      for (Index r0 = 0; r0 < prows; r0 += kPackedRows) {
+        const Index chunk = std::min(kPackedRows, prows - r0);
+        pack_token_tiles(a + k0 * lda + r0, lda, chunk, std::min(kDepthBlock, depth - k0), tiles);
+        for (Index j0 = 0; j0 < cols; j0 += panel_width)
+          panel_product(k0, j0, tiles, 0, r0, chunk, true, r0 == 0);
+      }
+    return;
+  }
+  for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
+    panel_product(k0, j0, a + k0 * lda, lda, 0, prows, false, true);
   });
 }
 
