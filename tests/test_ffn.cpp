@@ -145,6 +145,83 @@ TEST_CASE("ffn_forward: GeGLU, ReGLU, clamped SwiGLU and biases against double r
   CHECK_THROWS_WITH(GluActivation::clamped_swiglu(-1), Catch::Contains("limit -1 must be positive"));
 }
 
+TEMPLATE_TEST_CASE("Token tiles packed once (gather, hidden block) give the bits of packing in every matmul",
+                   "[ffn]", float, Eigen::bfloat16) {
+  // In 8-lane builds (detail::kPackTokenTiles) ffn_forward and MoELayer gather the input straight
+  // into token tiles and pack h where it is computed (detail::kFloatTiles); many_rows_matmul
+  // without them packs the same values itself, chunk by chunk, in every call. Same products in
+  // the same order: the same bits. d = 301, m = 275: a ragged last depth block and column block;
+  // 17 rows (two vectors): panel-outer, which reads the tiles instead of A in place; 40 and 200:
+  // depth-block-outer, 200 in two of the kernel's own chunks (detail::kPackedRows) against one
+  // packed block. bf16 weights: widened panels (no bf16 pairs without AVX-512).
+  if (!detail::kFloatTiles<float, TestType>) {
+    WARN("skipped: this build's kernels read no token tiles (AVX-512)");
+    return;
+  }
+  const Index rows = GENERATE(Index{17}, Index{40}, Index{200}), d = 301, m = 275;
+  INFO("rows=" << rows);
+  static_assert(detail::kPackedRows < 200 && 200 < 2 * detail::kRowBlock,
+                "200 rows: one row block, two chunks");
+  const FfnWeights<float> f = testutil::random_ffn<float>(d, m, 3, 0.2);
+  const FfnWeights<TestType> wt = convert_weights<TestType>(f.view());
+  const FfnWeightsView<TestType> w = wt.view();
+  const auto x = testutil::random_matrix<RowMatrix<float>>(rows, d, 5);
+  REQUIRE(detail::uses_packed_activations<float, TestType>(rows));
+  const Index ld = detail::scratch_rows<float>(rows), panels = detail::num_gather_panels<float>(rows);
+  const auto u = [](Index n) { return static_cast<std::size_t>(n); };
+  const auto src = [&](Index i) { return x.data() + i * d; };
+  // Token tiles of a column-major ld x n matrix, depth block after depth block.
+  const auto tiles_of = [&](const std::vector<float>& a, Index n) {
+    std::vector<float> t(a.size());
+    for (Index k0 = 0; k0 < n; k0 += detail::kDepthBlock)
+      detail::pack_token_tiles(a.data() + k0 * ld, ld, ld, std::min(detail::kDepthBlock, n - k0),
+                               t.data() + k0 * ld);
+    return t;
+  };
+
+  // The gather, scaled per row as MoELayer's scale_input scales it: the tiles are the column-major
+  // gather packed, and the column-major destination is left alone.
+  const auto scaled = [](Index i) { return 0.5f + 0.01f * static_cast<float>(i); };
+  std::vector<float> xf(u(ld * d)), untouched(u(ld * d), 7.0f), xt(u(ld * d));
+  detail::gather_scratch_rows<float>(rows, d, src, scaled, xf.data(), 0, panels);
+  detail::gather_scratch_rows<float>(rows, d, src, scaled, untouched.data(), 0, panels, xt.data());
+  CHECK(xt == tiles_of(xf, d));
+  CHECK(untouched == std::vector<float>(u(ld * d), 7.0f));
+
+  // Hidden and down blocks (unscaled input), with and without the tiles.
+  const auto one = [](Index) { return 1.0f; };
+  detail::gather_scratch_rows<float>(rows, d, src, one, xf.data(), 0, panels);
+  detail::gather_scratch_rows<float>(rows, d, src, one, xt.data(), 0, panels,
+                                     xt.data());  // in place, as the layer
+  std::vector<float> g1(u(ld * m)), h1(u(ld * m)), g2(u(ld * m)), h2(u(ld * m)), y1(u(ld * d)), y2(u(ld * d));
+  std::vector<float> ht(u(ld * m));
+  using Map = Eigen::Map<ColMatrix<float>, 0, Eigen::OuterStride<>>;
+  const Eigen::OuterStride<> s(ld);
+  const Eigen::Map<const ColMatrix<float>, 0, Eigen::OuterStride<>> xm(xf.data(), rows, d, s),
+      xtm(xt.data(), rows, d, s);
+  Map gm1(g1.data(), rows, m, s), hm1(h1.data(), rows, m, s), ym1(y1.data(), rows, d, s);
+  Map gm2(g2.data(), rows, m, s), hm2(h2.data(), rows, m, s), ym2(y2.data(), rows, d, s);
+  const detail::PackedScratch<float> tiles{xt.data(), ht.data(), ld};
+  for (Index b = 0; b < detail::num_column_blocks(m); ++b) {
+    detail::glu_hidden_block(w, xm, gm1, hm1, b);
+    detail::glu_hidden_block(w, xtm, gm2, hm2, b, {}, tiles);
+  }
+  using Dense = RowMatrix<float>;  // bitwise_equal compares contiguous storage
+  CHECK(testutil::bitwise_equal(Dense(hm1), Dense(hm2)));
+  CHECK(ht == tiles_of(h1, m));
+  for (Index b = 0; b < detail::num_column_blocks(d); ++b) {
+    detail::down_proj_block(w, hm1, ym1, b);
+    detail::down_proj_block(w, hm2, ym2, b, tiles);
+  }
+  CHECK(testutil::bitwise_equal(Dense(ym1), Dense(ym2)));
+
+  // ffn_forward takes the tile path: the same bits as the blocks without tiles.
+  RowMatrix<float> y(rows, d);
+  FfnWorkspace<float> ws;
+  ffn_forward<float>(w, x, y, ws);
+  CHECK(testutil::bitwise_equal(y, Dense(ym1)));
+}
+
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
 TEST_CASE("bf16 pairs packed once (gather, hidden block) give the bits of packing in every matmul",
           "[ffn][low_precision]") {

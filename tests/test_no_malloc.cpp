@@ -129,7 +129,8 @@ TEST_CASE("ffn_forward and MoELayer::forward allocate nothing after reserve", "[
 
 TEST_CASE("bf16 experts and a bf16 dense FFN allocate nothing after reserve", "[no_malloc]") {
   // Built for this CPU too (test_no_malloc_native): with AVX512-BF16 the workspaces then also
-  // hold the bf16-pair copies of the activations (detail::uses_bf16_pairs), reserved up front.
+  // hold the bf16-pair copies of the activations (detail::uses_bf16_pairs), reserved up front; in
+  // 8-lane builds (both here, on a CPU without AVX-512) the token tiles of h (detail::kFloatTiles).
   const Index d = 32, dh = 64, tokens = 600;  // row blocks, as above
   const FfnWeights<float> ffn = testutil::random_ffn<float>(d, dh, 1, 0.2);
   const FfnWeights<Eigen::bfloat16> dense = convert_weights<Eigen::bfloat16>(ffn.view());

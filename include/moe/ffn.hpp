@@ -178,6 +178,8 @@ void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T
 
 /// Rows per gather task (gather_scratch_rows).
 constexpr Index kGatherPanel = 16;
+static_assert(!kPackTokenTiles || kGatherPanel == kMaxTileVectors * FloatLanes::kWidth,
+              "a gather panel is one token tile");
 
 /// Whether the many-rows kernel runs on activations packed as bf16 pairs for an expert (or dense
 /// FFN) with T activations, W weights and `rows` token rows: bf16 weights with kBf16DotProducts,
@@ -189,36 +191,63 @@ template <class T, class W>
 constexpr bool uses_bf16_pairs(Index rows) {
   return kBf16Pairs<T, W> && rows > kFewRows;
 }
+/// The same for float token tiles (kPackTokenTiles: 8-lane builds; never with bf16 pairs, which
+/// need AVX-512): float activations, any weights, past kFewRows. The input is gathered straight
+/// into tiles, in place of its column-major scratch (only the kernels read it), and h is packed
+/// into a buffer of its own where it is computed (apply_glu_block and FfnWorkspace::hidden read
+/// h column-major). Packing once, rather than in every matmul call (every column block of
+/// W_gate, W_up and W_down repacked its row block's activations: 7% of the dense FFN's samples at
+/// T = 512, gone after), Zen 3 (AVX2), moe_bench T = 512, medians of ten alternating rounds:
+/// dense f32 1228 -> 1138 ms, bf16 1174 -> 1117; MoE N = 8 k = 2 f32 334 -> 319, bf16 307 -> 312.
+template <class T, class W>
+constexpr bool kFloatTiles = kPackTokenTiles&& std::is_same_v<T, float> && !kBf16Pairs<T, W>;
+template <class T, class W>
+constexpr bool uses_packed_activations(Index rows) {
+  return (kBf16Pairs<T, W> || kFloatTiles<T, W>)&&rows > kFewRows;
+}
+/// The element of the packed activations: a bf16 pair, or a float of a token tile.
+template <class T, class W>
+using PackedElement = std::conditional_t<kBf16Pairs<T, W>, std::uint32_t, float>;
+/// Elements per token row of n packed activations: pairs hold two.
+template <class T, class W>
+constexpr Index packed_width(Index n) {
+  return kBf16Pairs<T, W> ? (n + 1) / 2 : n;
+}
 
-/// The bf16-pair copies of one expert's activations (pack_bf16_pairs' layout, many_rows_matmul's
-/// a_pairs) in row blocks as the float scratch: x: its input, (d + 1) / 2 pair rows; h: its hidden
-/// activations, (m + 1) / 2; ld: scratch_rows of the rows they hold. x_width, h_width: pairs per
-/// token row each buffer leaves (>= those), so row block b starts at x + first·x_width. All null
-/// where uses_bf16_pairs is false: the kernels read the float scratch.
-struct PairScratch {
-  std::uint32_t* x = nullptr;
-  std::uint32_t* h = nullptr;
+/// The packed copies of one expert's (or the dense FFN's) activations, in row blocks as the float
+/// scratch, where uses_packed_activations: bf16 pairs (P = std::uint32_t, pack_bf16_pairs' layout)
+/// or float token tiles (P = float, pack_token_tiles' layout depth block after depth block) — the
+/// kernel's a_packed. x: the input, packed_width(d) elements per token row; h: the hidden
+/// activations, packed_width(m); ld: scratch_rows of the rows they hold. x_width, h_width:
+/// elements per token row each buffer leaves (>= those), so row block b starts at
+/// x + first·x_width. All null otherwise: the kernels read the float scratch.
+template <class P>
+struct PackedScratch {
+  P* x = nullptr;
+  P* h = nullptr;
   Index ld = 0;
   Index x_width = 0;
   Index h_width = 0;
 
-  /// The pairs of one row block (with_scratch_layout), or none where there are none.
-  PairScratch block(const RowBlock& b) const {
+  /// The packed activations of one row block (with_scratch_layout), or none where there are none.
+  PackedScratch block(const RowBlock& b) const {
     if (!x) return {};
     return {x + b.first * x_width, h + b.first * h_width, scratch_rows<float>(b.rows), x_width, h_width};
   }
 };
+using PairScratch = PackedScratch<std::uint32_t>;
 
 /// Writes token rows into the input layout of with_scratch_layout: dst holds `rows` rows of d
 /// values, row i = src_row(i) (a pointer to d values) times scale(i). Column-major rows are
 /// written in panels of 16 (16 source rows read in step, each destination line written whole),
 /// padding rows as zeros, each panel into its row block. Runs the panels [first, last) of 16
-/// rows, so callers can split the work. pairs (only where uses_bf16_pairs): the rows go there
-/// instead, (d + 1) / 2 pairs per row (PairScratch::x_width), as bf16 pairs (the same rounding as
-/// many_rows_matmul packing them itself), and dst is not written.
-template <class T, class SrcRow, class Scale>
+/// rows, so callers can split the work. packed (only where uses_packed_activations): the rows go
+/// there instead, packed_width(d) elements per row (PackedScratch::x_width) — as bf16 pairs (the
+/// same rounding as many_rows_matmul packing them itself), or as token tiles (a panel of 16 rows
+/// is one tile) — and dst is not written (packed may be dst itself: token tiles take as much room).
+template <class T, class SrcRow, class Scale, class P = std::uint32_t>
 void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T* dst, Index first,
-                         Index last, std::uint32_t* pairs = nullptr) {
+                         Index last, P* packed = nullptr) {
   constexpr Index kPanel = kGatherPanel;
   if (rows <= kFewRows) {
     for (Index i = first * kPanel; i < std::min(rows, last * kPanel); ++i) {
@@ -241,8 +270,21 @@ void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T
       s[i] = r + i < rows ? src_row(r + i) : nullptr;
       f[i] = s[i] ? scale(r + i) : T(0);
     }
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<P, float> && kPackTokenTiles) {
+      if (packed) {
+        // Depth block by depth block, the panel's 16 rows are one tile: k-major, row-minor.
+        for (Index k0 = 0; k0 < d; k0 += kDepthBlock) {
+          const Index kc = std::min(kDepthBlock, d - k0);
+          float* tile = packed + blk.first * d + k0 * ld + r0 * kc;
+          for (Index k = 0; k < kc; ++k)
+            for (Index i = 0; i < n; ++i) tile[k * n + i] = s[i] ? f[i] * s[i][k0 + k] : 0.0f;
+        }
+        continue;
+      }
+    }
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
-    if constexpr (std::is_same_v<T, float>) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<P, std::uint32_t>) {
+      std::uint32_t* pairs = packed;
       if (pairs) {
         // 32 depths of the panel at a time through a 2 KB block in L1, packed from there.
         static_assert(kPanel == 16, "pack_bf16_pairs takes rows in vectors of 16");
@@ -262,7 +304,7 @@ void gather_scratch_rows(Index rows, Index d, SrcRow&& src_row, Scale&& scale, T
     for (Index k = 0; k < d; ++k)
       for (Index i = 0; i < n; ++i) block_dst[k * ld + r0 + i] = s[i] ? f[i] * s[i][k] : T(0);
   }
-  static_cast<void>(pairs);  // unused where the kernels never multiply bf16 pairs
+  static_cast<void>(packed);  // unused where the kernels read no packed activations
 }
 
 /// Panels of kGatherPanel rows gather_scratch_rows writes for `rows` rows.
@@ -324,11 +366,11 @@ constexpr bool kSupportedWeights = std::is_same_v<T, W> ||
 
 /// Columns [b*kColumnBlock, ...) of h: g = x·W_gate[:, blk], h = act(g, x·W_up[:, blk]) (biases
 /// added first when the view has them; SwiGLU: h = (x·W_up) ⊙ Swish(g)).
-/// pairs (only where uses_bf16_pairs): x read from pairs.x instead of x, and the block of h also
-/// written to pairs.h, packed for the down projection.
-template <class W, class X, class G, class H>
+/// packed (only where uses_packed_activations): x read from packed.x instead of x, and the block
+/// of h also written to packed.h, packed for the down projection.
+template <class W, class X, class G, class H, class P = std::uint32_t>
 void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index block,
-                      const GluActivation& act = {}, const PairScratch& pairs = {}) {
+                      const GluActivation& act = {}, const PackedScratch<P>& packed = {}) {
   using T = typename H::Scalar;
   static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
@@ -346,11 +388,11 @@ void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index 
                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), 1);
     } else {
       many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.gate.data() + c0 * w.gate.outerStride(),
-                       w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride(), pairs.x,
-                       pairs.ld);
+                       w.gate.outerStride(), w.model_dim(), width, gb.data(), gb.outerStride(), packed.x,
+                       packed.ld);
       many_rows_matmul(x.data(), x.outerStride(), x.rows(), w.up.data() + c0 * w.up.outerStride(),
-                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), pairs.x,
-                       pairs.ld);
+                       w.up.outerStride(), w.model_dim(), width, hb.data(), hb.outerStride(), packed.x,
+                       packed.ld);
     }
   } else if (x.rows() <= kFewRows) {
     // Other scalar types (double: the reference precision) through Eigen, one weight column at a
@@ -364,21 +406,28 @@ void glu_hidden_block(const FfnWeightsView<W>& w, const X& x, G& g, H& h, Index 
     hb.noalias() = x * w.up.middleCols(c0, width);
   }
   apply_glu_block(act, w.gate_bias, w.up_bias, c0, gb, hb);
+  if constexpr (std::is_same_v<T, float> && !X::IsRowMajor && std::is_same_v<P, float> && kPackTokenTiles) {
+    // The block is one depth block of W_down (kColumnBlock == kDepthBlock), whose tiles start
+    // where column-major h has its column c0.
+    static_assert(kColumnBlock == kDepthBlock, "a column block of h is a depth block of the down projection");
+    if (packed.h)
+      pack_token_tiles(hb.data(), hb.outerStride(), padded_rows(x.rows()), width, packed.h + c0 * packed.ld);
+  }
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
-  if constexpr (std::is_same_v<T, float> && !X::IsRowMajor) {
+  if constexpr (std::is_same_v<T, float> && !X::IsRowMajor && std::is_same_v<P, std::uint32_t>) {
     // c0 is even (a multiple of kColumnBlock), so the block's pairs are whole.
-    if (pairs.h)
-      pack_bf16_pairs(hb.data(), hb.outerStride(), padded_rows(x.rows()), width, pairs.h + c0 / 2 * pairs.ld,
-                      pairs.ld);
+    if (packed.h)
+      pack_bf16_pairs(hb.data(), hb.outerStride(), padded_rows(x.rows()), width,
+                      packed.h + c0 / 2 * packed.ld, packed.ld);
   }
 #endif
 }
 
 /// Columns [b*kColumnBlock, ...) of y = h·W_down.
-/// pairs.h (only where uses_bf16_pairs): h as glu_hidden_block packed it, read instead of h.
-template <class W, class H, class Y>
+/// packed.h (only where uses_packed_activations): h as glu_hidden_block packed it, read instead of h.
+template <class W, class H, class Y, class P = std::uint32_t>
 void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block,
-                     const PairScratch& pairs = {}) {
+                     const PackedScratch<P>& packed = {}) {
   using T = typename Y::Scalar;
   static_assert(kSupportedWeights<T, W>, "weights stored as W need activations of the same type, or float");
   const Index c0 = block * kColumnBlock;
@@ -390,7 +439,7 @@ void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block,
     else
       many_rows_matmul(h.data(), h.outerStride(), h.rows(), w.down.data() + c0 * w.down.outerStride(),
                        w.down.outerStride(), w.hidden_dim(), width, y.data() + c0 * y.outerStride(),
-                       y.outerStride(), pairs.h, pairs.ld);
+                       y.outerStride(), packed.h, packed.ld);
   } else if (h.rows() <= kFewRows) {
     for (Index j = 0; j < width; ++j) y.col(c0 + j).noalias() = h * w.down.col(c0 + j);
   } else {
@@ -403,7 +452,8 @@ void down_proj_block(const FfnWeightsView<W>& w, const H& h, Y& y, Index block,
 }  // namespace detail
 
 /// Caller-owned scratch for ffn_forward: the input in the kernels' layout, x·W_gate and h (T x m
-/// each) and the output (T x d); with bf16 weights, also bf16-pair copies of the input and h.
+/// each) and the output (T x d); with bf16 weights and AVX512-BF16, also bf16-pair copies of the
+/// input and h; in 8-lane builds (AVX2, portable), token tiles of h (detail::kFloatTiles).
 /// Grows only when a call needs more than it holds; call reserve(weights, T) once and the forward
 /// allocates nothing of its own.
 template <class T>
@@ -416,6 +466,9 @@ class FfnWorkspace {
     grow(gate_out_, rows * static_cast<std::size_t>(hidden_dim));
     grow(hidden_, rows * static_cast<std::size_t>(hidden_dim));
     grow(out_, rows * static_cast<std::size_t>(model_dim));
+    // Token tiles of h (detail::kFloatTiles: 8-lane builds, whatever the weights' type).
+    if (std::is_same_v<T, float> && detail::kPackTokenTiles && tokens > detail::kFewRows)
+      grow(hidden_tiles_, rows * static_cast<std::size_t>(hidden_dim));
   }
   /// Room for `tokens` rows through `w`: the above, and with bf16 weights the bf16-pair copies of
   /// the activations their kernel reads (detail::uses_bf16_pairs).
@@ -452,7 +505,8 @@ class FfnWorkspace {
     if (v.size() < n) v.resize(n);
   }
   std::vector<T> input_, gate_out_, hidden_, out_;
-  std::vector<std::uint32_t> input_pairs_, hidden_pairs_;
+  std::vector<std::uint32_t> input_pairs_, hidden_pairs_;  // detail::kBf16Pairs
+  std::vector<T> hidden_tiles_;                            // detail::kFloatTiles
   Index last_tokens_ = 0, last_hidden_ = 0;
 };
 
@@ -477,14 +531,19 @@ void ffn_forward(const FfnWeightsView<W>& w, const ConstRowRef<T>& x, RowRef<T> 
   ws.reserve(w, tokens);
   ws.last_tokens_ = tokens;
   ws.last_hidden_ = m;
-  detail::PairScratch pairs;
-  if (detail::uses_bf16_pairs<T, W>(tokens))
-    pairs = {ws.input_pairs_.data(), ws.hidden_pairs_.data(), detail::scratch_rows<T>(tokens), (d + 1) / 2,
-             (m + 1) / 2};
+  detail::PackedScratch<detail::PackedElement<T, W>> packed;
+  if (detail::uses_packed_activations<T, W>(tokens)) {
+    const Index ld = detail::scratch_rows<T>(tokens);
+    const Index xw = detail::packed_width<T, W>(d), hw = detail::packed_width<T, W>(m);
+    if constexpr (detail::kBf16Pairs<T, W>)
+      packed = {ws.input_pairs_.data(), ws.hidden_pairs_.data(), ld, xw, hw};
+    else if constexpr (detail::kFloatTiles<T, W>)
+      packed = {ws.input_.data(), ws.hidden_tiles_.data(), ld, xw, hw};
+  }
   parallel_for(pool, detail::num_gather_panels<T>(tokens), [&](Index p) {
     detail::gather_scratch_rows<T>(
         tokens, d, [&](Index i) { return x.data() + i * x.outerStride(); }, [](Index) { return T(1); },
-        ws.input_.data(), p, p + 1, pairs.x);
+        ws.input_.data(), p, p + 1, packed.x);
   });
   // Tasks are column blocks; each runs its columns through every row block in turn.
   const auto row_blocks = [&](auto&& f) {
@@ -493,14 +552,14 @@ void ffn_forward(const FfnWeightsView<W>& w, const ConstRowRef<T>& x, RowRef<T> 
   };
   parallel_for(pool, detail::num_column_blocks(m), [&](Index b) {
     row_blocks([&](const auto& xs, auto& g, auto& h, auto&, const detail::RowBlock& blk) {
-      detail::glu_hidden_block(w, xs, g, h, b, act, pairs.block(blk));
+      detail::glu_hidden_block(w, xs, g, h, b, act, packed.block(blk));
     });
   });
   parallel_for(pool, detail::num_column_blocks(d), [&](Index b) {
     const Index c0 = b * detail::kColumnBlock;
     const Index width = std::min(detail::kColumnBlock, d - c0);
     row_blocks([&](const auto&, auto&, auto& h, auto& out, const detail::RowBlock& blk) {
-      detail::down_proj_block(w, h, out, b, pairs.block(blk));
+      detail::down_proj_block(w, h, out, b, packed.block(blk));
       y.middleRows(blk.first, blk.rows).middleCols(c0, width) = out.middleCols(c0, width);
     });
   });

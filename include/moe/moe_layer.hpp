@@ -76,6 +76,7 @@ class MoEWorkspace {
   }
   std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
   std::vector<std::uint32_t> x_pairs_, h_pairs_;  // bf16 weights: detail::uses_bf16_pairs
+  std::vector<T> h_tiles_;                        // detail::kFloatTiles (x's tiles replace xg_)
   std::vector<std::int32_t> ids_;
   std::vector<Index> row_offsets_, hidden_offsets_;
   std::vector<std::pair<int, Index>> tasks_;  // (expert, gather panel or column block)
@@ -251,16 +252,23 @@ class MoELayer {
     const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks - hidden_tasks;
     const auto task = [&](Index i) { return ws.tasks_[static_cast<std::size_t>(i)]; };
 
-    // With bf16 weights, experts past kFewRows rows keep their input and hidden activations as
-    // bf16 pairs too (detail::uses_bf16_pairs), at row offset roff of buffers this many pairs wide.
+    // Experts past kFewRows rows keep their input and hidden activations packed for the
+    // many-rows kernel too (detail::uses_packed_activations): with bf16 weights and AVX512-BF16 as
+    // bf16 pairs, at row offset roff of buffers this many pairs wide; in 8-lane builds as token
+    // tiles, the input's in place of its scratch and h's laid out as h_.
     Index pair_width_h = 0;
     for (int e = 0; e < n; ++e) pair_width_h = std::max(pair_width_h, (expert(e).hidden_dim() + 1) / 2);
     const auto pairs_of = [&](int e) {
       const auto u = static_cast<std::size_t>(e);
-      detail::PairScratch p;
-      if (detail::uses_bf16_pairs<T, W>(dp.counts[u]))
-        p = {ws.x_pairs_.data() + roff[u] * ((d + 1) / 2), ws.h_pairs_.data() + roff[u] * pair_width_h,
-             detail::scratch_rows<T>(dp.counts[u]), (d + 1) / 2, pair_width_h};
+      detail::PackedScratch<detail::PackedElement<T, W>> p;
+      if (detail::uses_packed_activations<T, W>(dp.counts[u])) {
+        const Index ld = detail::scratch_rows<T>(dp.counts[u]);
+        if constexpr (detail::kBf16Pairs<T, W>)
+          p = {ws.x_pairs_.data() + roff[u] * ((d + 1) / 2), ws.h_pairs_.data() + roff[u] * pair_width_h, ld,
+               (d + 1) / 2, pair_width_h};
+        else if constexpr (detail::kFloatTiles<T, W>)
+          p = {ws.xg_.data() + roff[u] * d, ws.h_tiles_.data() + hoff[u], ld, d, expert(e).hidden_dim()};
+      }
       return p;
     };
 
@@ -410,6 +418,7 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
     grow(x_pairs_, u(rows * ((d + 1) / 2)));
     grow(h_pairs_, u(rows * ((max_m + 1) / 2)));
   }
+  if constexpr (detail::kFloatTiles<T, W>) grow(h_tiles_, u(rows * max_m));
   row_offsets_.reserve(u(n) + 1);
   hidden_offsets_.reserve(u(n) + 1);
   tasks_.reserve(u(blocks + rows / detail::kGatherPanel + n));
