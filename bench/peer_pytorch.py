@@ -9,9 +9,11 @@ and prints a Markdown table of medians next to moe_bench's medians (from its JSO
 
 Needs Debian's python3-torch; PyTorch's float32 matmul goes through the system BLAS, so install
 OpenBLAS too (libopenblas0-pthread), else Debian's reference BLAS makes PyTorch ~10x slower.
-PyTorch's defaults are slow on this machine class; this script sets OMP_WAIT_POLICY=PASSIVE and
-OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels on Zen 5; --openblas-coretype
-changes it, "" leaves the environment's), the tuning the issue's peer figures were measured with.
+PyTorch's defaults are slow on this machine class; this script sets OMP_WAIT_POLICY=PASSIVE and,
+where the CPU has AVX-512, OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels on
+Zen 4/5), the tuning the issue's peer figures were measured with. Without AVX-512 (e.g. Zen 3)
+OpenBLAS's own choice stands: its SkylakeX kernels would die there on an illegal instruction.
+--openblas-coretype names the kernels instead ("" leaves the environment's).
 
 With --cold, only moe_bench's cold cases run (dense and N = 8 at T = 1 and 8): before each timed
 call the script reads 512 MB, untimed, as moe_bench's .../cold benchmarks do, so the weights come
@@ -19,7 +21,7 @@ from memory and not from the caches, as in a model where other layers run betwee
 
 usage: bench/peer_pytorch.py [--threads 2] [--repetitions 5] [--dtype float32|bfloat16]
                              [--moe-bench-json bench.json] [--filter REGEX] [--cold]
-                             [--openblas-coretype SkylakeX]
+                             [--openblas-coretype auto|""|NAME]
 """
 import argparse
 import json
@@ -91,6 +93,18 @@ def moe_bench_json(path):
     return medians, data.get("context", {}).get("cpu", "")
 
 
+def cpu_flags():
+    """The first processor's flags in /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
 def this_cpu():
     """ "model name, vendor family F model M" from /proc/cpuinfo, as moe_bench's context writes it
     (without its microarchitecture name); "" where there is no /proc/cpuinfo."""
@@ -116,11 +130,20 @@ def main():
     ap.add_argument("--moe-bench-json", help="moe_bench --benchmark_out file to set beside")
     ap.add_argument("--filter", default="", help="regex on the benchmark name")
     ap.add_argument("--cold", action="store_true", help="evict the weights before each call (moe_bench's /cold cases)")
-    ap.add_argument("--openblas-coretype", default="SkylakeX", help='OpenBLAS kernels; "" keeps the environment')
+    ap.add_argument("--openblas-coretype", default="auto",
+                    help='OpenBLAS kernels: auto (SkylakeX where the CPU has AVX-512, else OpenBLAS\'s own '
+                         'choice), "" (keep the environment\'s) or a name')
     args = ap.parse_args()
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if args.openblas_coretype:
-        os.environ["OPENBLAS_CORETYPE"] = args.openblas_coretype
+    avx512 = "avx512f" in cpu_flags()
+    coretype = args.openblas_coretype
+    if coretype == "auto":
+        coretype = "SkylakeX" if avx512 else ""
+    if coretype.lower() in ("skylakex", "cooperlake", "sapphirerapids") and not avx512:
+        ap.error(f"--openblas-coretype {coretype}: OpenBLAS's AVX-512 kernels, and this CPU has no AVX-512 "
+                 "(PyTorch would die on an illegal instruction); use auto")
+    if coretype:
+        os.environ["OPENBLAS_CORETYPE"] = coretype
 
     import torch  # after the environment is set
     torch.set_num_threads(args.threads)
@@ -140,7 +163,7 @@ def main():
     cold = ", weights evicted before each call" if args.cold else ""
     print(f"PyTorch {torch.__version__}, {args.threads} threads, {args.dtype}, medians of "
           f"{args.repetitions} repetitions{cold}; OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')}; CPU: {cpu or 'unknown'}\n")
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(OpenBLAS chooses)')}; CPU: {cpu or 'unknown'}\n")
     if ours and not (cpu and cpu.split(", ")[-1] in ours_cpu):  # vendor, family and model must match
         # The same VM name has run on hosts of different CPU generations (moe_bench.cpp).
         print(f"**Warning: the moe_bench JSON names {'another CPU: ' + ours_cpu if ours_cpu else 'no CPU'}; "
