@@ -178,8 +178,7 @@ void with_scratch_layout(Index rows, Index m, Index d, const T* x, T* g, T* h, T
 
 /// Rows per gather task (gather_scratch_rows).
 constexpr Index kGatherPanel = 16;
-static_assert(!kPackTokenTiles || kGatherPanel == kMaxTileVectors * FloatLanes::kWidth,
-              "a gather panel is one token tile");
+static_assert(!kPackTokenTiles || kGatherPanel == kTokenTileRows, "a gather panel is one token tile");
 
 /// Whether the many-rows kernel runs on activations packed as bf16 pairs for an expert (or dense
 /// FFN) with T activations, W weights and `rows` token rows: bf16 weights with kBf16DotProducts,

@@ -67,11 +67,11 @@ constexpr int kPanelColsManyRows = 6;
 constexpr int kMaxTileVectors = 2;
 constexpr int kRegisters = 16;
 #endif
+/// Token rows in a full tile: the rows a packed token tile holds (pack_token_tiles).
+constexpr Index kTokenTileRows = Index{kMaxTileVectors} * FloatLanes::kWidth;
 
 /// Columns per weight panel for a panel of `rows` token rows (a multiple of kPanelRowQuantum).
-inline int panel_cols(Index rows) {
-  return rows >= Index{kMaxTileVectors} * FloatLanes::kWidth ? kPanelColsManyRows : kPanelCols;
-}
+inline int panel_cols(Index rows) { return rows >= kTokenTileRows ? kPanelColsManyRows : kPanelCols; }
 
 /// Vectors of rows per tile of C columns: the most (up to kMaxTileVectors) whose accumulators, row
 /// vectors and one broadcast fit the registers.
@@ -238,7 +238,7 @@ constexpr bool kPackTokenTiles = true;
 /// Token rows per packed chunk: 128 rows x kDepthBlock floats, 128 KB on the stack (the layer's row
 /// blocks, ffn.hpp's kRowBlock, are one chunk; its last block, up to 255 rows, two).
 constexpr Index kPackedRows = 128;
-static_assert(kPackedRows % (kMaxTileVectors * FloatLanes::kWidth) == 0, "chunks are whole tiles");
+static_assert(kPackedRows % kTokenTileRows == 0, "chunks are whole tiles");
 static_assert(
     !kPackTokenTiles ||
         (kTileVectors<kPanelCols> == kMaxTileVectors && kTileVectors<kPanelColsManyRows> == kMaxTileVectors),
@@ -259,9 +259,9 @@ void pack_token_tile(int vectors, const float* a, Index lda, Index kc, float* p)
   }
 }
 inline void pack_token_tiles(const float* a, Index lda, Index rows, Index kc, float* p) {
-  constexpr Index L = FloatLanes::kWidth, kTile = kMaxTileVectors * L;
-  for (Index r = 0; r < rows; r += kTile)
-    pack_token_tile<kMaxTileVectors>(static_cast<int>(std::min(kTile, rows - r) / L), a + r, lda, kc,
+  constexpr Index L = FloatLanes::kWidth;
+  for (Index r = 0; r < rows; r += kTokenTileRows)
+    pack_token_tile<kMaxTileVectors>(static_cast<int>(std::min(kTokenTileRows, rows - r) / L), a + r, lda, kc,
                                      p + r * kc);
 }
 
