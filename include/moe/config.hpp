@@ -45,7 +45,11 @@
 // kernel multiplies bf16 pairs (vdpbf16ps, float sums): the activations are rounded to bf16 (round
 // to nearest even) for those products, as PyTorch's and llama.cpp's bf16 paths do, for twice the
 // products per instruction. Define MOE_BF16_DOT 0 to keep every activation in float instead
-// (the result is then bitwise that of float weights holding the same values).
+// (the result is then bitwise that of float weights holding the same values). The pairs pay on
+// Zen 4 and Zen 5 (about twice the float FMA rate) but not on every CPU that has them: on an Intel
+// Xeon, family 6 model 207 (2026-12-02), MOE_BF16_DOT 0 took the bf16 MoE layer at T = 512 from
+// 268 to 204 ms (moe_bench, N = 8 k = 2, medians of three alternating rounds; README, "On the
+// Intel host"). -march cannot tell the two apart, so the choice is the builder's.
 #ifndef MOE_BF16_DOT
 #define MOE_BF16_DOT 1
 #endif
