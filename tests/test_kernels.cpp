@@ -6,6 +6,7 @@
 #include <moe/detail/few_rows_matmul.hpp>
 #include <moe/detail/many_rows_matmul.hpp>
 #include <moe/detail/rng.hpp>
+#include <moe/detail/transpose.hpp>
 #include <vector>
 
 using namespace moe;
@@ -166,4 +167,31 @@ TEST_CASE("FloatLanes sums lanes in a fixed tree", "[kernels]") {
   v[FloatLanes::kWidth / 2] = -1e8f;
   v[1] = 1.0f;
   CHECK(FloatLanes::load(v).sum() == 1.0f);
+}
+
+TEST_CASE("transpose_to_rows copies a column-major block into rows exactly", "[kernels]") {
+  // Whole 16 x 16 tiles (the AVX-512 path), ragged edges (the scalar path) and both at once;
+  // strides larger than the block, as the layer's scratch and padded rows are. Values never touched
+  // (the destination's padding) keep their sentinel.
+  const Index shapes[][2] = {{16, 16}, {1, 1}, {17, 33}, {128, 256}, {144, 44}, {5, 70}, {47, 16}};
+  for (const auto& shape : shapes) {
+    const Index rows = shape[0], cols = shape[1], lds = rows + 3, ldd = detail::padded_row_stride(cols);
+    std::vector<float> src(static_cast<std::size_t>(lds * cols));
+    detail::SplitMix64 rng(static_cast<std::uint64_t>(rows * 1000 + cols));
+    for (float& v : src) v = static_cast<float>(rng.normal());
+    std::vector<float> dst(static_cast<std::size_t>(ldd * rows), -7.0f);
+    detail::transpose_to_rows(src.data(), lds, rows, cols, dst.data(), ldd);
+    INFO("rows=" << rows << " cols=" << cols);
+    bool exact = true, untouched = true;
+    for (Index i = 0; i < rows; ++i)
+      for (Index j = 0; j < ldd; ++j) {
+        const float got = dst[static_cast<std::size_t>(i * ldd + j)];
+        if (j < cols)
+          exact = exact && got == src[static_cast<std::size_t>(j * lds + i)];
+        else
+          untouched = untouched && got == -7.0f;
+      }
+    CHECK(exact);
+    CHECK(untouched);
+  }
 }

@@ -12,6 +12,7 @@
 #include "moe/activation.hpp"
 #include "moe/aggregate.hpp"
 #include "moe/config.hpp"
+#include "moe/detail/transpose.hpp"
 #include "moe/dispatch.hpp"
 #include "moe/ffn.hpp"
 #include "moe/router.hpp"
@@ -303,11 +304,32 @@ class MoELayer {
         detail::glu_hidden_block(expert(e), xe, g, h, b, act, pairs_of(e).block(blk));
       });
     });
+    // An expert past kFewRows rows computes its outputs column-major; its down task also copies
+    // its block of them, still in cache, into token rows for the combine: into the input scratch,
+    // which only the hidden tasks read, row `local` of expert e at xg_ + (roff[e] + local)·ldr.
+    // Read in place instead, a token's output row is one float per cache line, the lines long
+    // evicted by the combine. Zen 5, N = 8 k = 2, T = 512, bf16: the combine 3.3 -> 0.8 ms, the
+    // down tasks ~1 ms longer; the layer, four alternating rounds, 0.92-1.00 of its time before
+    // (median 0.965; f32 0.90-1.02). Rows d + 16 apart (padded_row_stride), not d.
+    const Index ldr = detail::padded_row_stride(d);
+    const auto rows_out = [&](int e, Index local) {
+      return ws.xg_.data() + (roff[static_cast<std::size_t>(e)] + local) * ldr;
+    };
     parallel_for(pool, down_tasks, [&](Index i) {
       const int e = task(gather_tasks + hidden_tasks + i).first;
       const Index b = task(gather_tasks + hidden_tasks + i).second;
       with_expert(e, [&](const auto&, auto&, auto& h, auto& ye, const detail::RowBlock& blk) {
         detail::down_proj_block(expert(e), h, ye, b, pairs_of(e).block(blk));
+        if (dp.counts[static_cast<std::size_t>(e)] > detail::kFewRows) {
+          const Index c0 = b * detail::kColumnBlock, width = std::min(detail::kColumnBlock, d - c0);
+          T* dst = rows_out(e, blk.first) + c0;
+          if constexpr (std::is_same_v<T, float>)
+            detail::transpose_to_rows(ye.data() + c0 * ye.outerStride(), ye.outerStride(), blk.rows, width,
+                                      dst, ldr);
+          else
+            Eigen::Map<RowMatrix<T>, 0, Eigen::OuterStride<>>(
+                dst, blk.rows, width, Eigen::OuterStride<>(ldr)) = ye.middleCols(c0, width);
+        }
       });
     });
     // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
@@ -320,11 +342,17 @@ class MoELayer {
           if (ids(t, s) < 0) continue;  // dropped by the expert capacity
           const auto e = static_cast<std::size_t>(ids(t, s));
           const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
-          const auto row = detail::scratch_row(ws.yp_.data() + roff[e] * d, dp.counts[e], d, local);
-          if (scale_input)
-            y.row(t) += row;
-          else
-            y.row(t) += weights(t, s) * row;
+          const T* row = dp.counts[e] > detail::kFewRows ? rows_out(static_cast<int>(e), local)
+                                                         : ws.yp_.data() + (roff[e] + local) * d;
+          if constexpr (std::is_same_v<T, float>) {
+            detail::add_scaled_row(y.row(t).data(), d, scale_input ? 1.0f : weights(t, s), row);
+          } else {
+            const Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> r(row, d);
+            if (scale_input)
+              y.row(t) += r;
+            else
+              y.row(t) += weights(t, s) * r;
+          }
         }
         y.row(t) *= scale;
       }
@@ -410,7 +438,7 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
   grow(logits_, u(tokens * n));
   grow(ids_, u(pairs));
   grow(weights_, u(pairs));
-  grow(xg_, u(rows * d));
+  grow(xg_, u(rows * detail::padded_row_stride(d)));  // also the outputs as rows (forward_routed)
   grow(yp_, u(rows * d));
   grow(g_, u(rows * max_m));
   grow(h_, u(rows * max_m));
