@@ -49,9 +49,15 @@
 // Zen 4 and Zen 5 (about twice the float FMA rate) but not on every CPU that has them: on an Intel
 // Xeon, family 6 model 207 (2026-12-02), MOE_BF16_DOT 0 took the bf16 MoE layer at T = 512 from
 // 268 to 204 ms (moe_bench, N = 8 k = 2, medians of three alternating rounds; README, "On the
-// Intel host"). -march cannot tell the two apart, so the choice is the builder's.
+// Intel host"). So the default follows AVX512-FP16, which that Xeon has (Intel's cores since
+// Sapphire Rapids) and Zen 4 and Zen 5 lack: with it 0, without it 1. A CPU with AVX512-BF16 and
+// no AVX512-FP16 that is not a Zen (Cooper Lake) gets the pairs, unmeasured. Define it to choose.
 #ifndef MOE_BF16_DOT
+#if defined(__AVX512FP16__)
+#define MOE_BF16_DOT 0
+#else
 #define MOE_BF16_DOT 1
+#endif
 #endif
 
 // A ThreadPool thread with nothing to do polls for up to MOE_POOL_SPIN_US microseconds before it
