@@ -2,7 +2,9 @@
 // against a double-precision reference, for float, bfloat16 and half weights.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <moe/detail/few_rows_matmul.hpp>
 #include <moe/detail/many_rows_matmul.hpp>
 #include <moe/detail/rng.hpp>
@@ -154,6 +156,35 @@ TEST_CASE("A token's result does not depend on the other rows of the call (kerne
       CHECK(many1[static_cast<std::size_t>(j * ld1)] == many[static_cast<std::size_t>(j * ld + r)]);
       if (r < 4) CHECK(few1[static_cast<std::size_t>(j)] == few4[static_cast<std::size_t>(r * p.cols + j)]);
     }
+  }
+}
+
+TEST_CASE("Float weights off 64-byte boundaries give the few-rows kernel's bits on aligned ones",
+          "[kernels]") {
+  // Off 64-byte boundaries (an address, or a column stride, that is not a multiple of 64 bytes: a
+  // safetensors file's tensors) the AVX-512 few-rows tiles load each weight vector once for all
+  // rows instead of once per row (kLoadWeightsOnce): the same products in the same order.
+  const auto run_at = [](const Problem<float>& p, Index ldw, Index offset_floats) {
+    std::vector<float> buffer(static_cast<std::size_t>(ldw * p.cols + 32));
+    const auto misalignment = reinterpret_cast<std::uintptr_t>(buffer.data()) % 64 / sizeof(float);
+    float* w = buffer.data() + (16 - misalignment) % 16 + offset_floats;  // 64-byte aligned + offset
+    for (Index j = 0; j < p.cols; ++j) std::copy_n(p.w.begin() + j * p.depth, p.depth, w + j * ldw);
+    std::vector<float> out(static_cast<std::size_t>(p.rows * p.cols), NAN);
+    detail::few_rows_matmul(p.x.data(), p.depth, p.rows, w, ldw, p.depth, p.cols, out.data(), p.cols, 1);
+    return out;
+  };
+  for (Index rows = 1; rows <= 8; ++rows) {
+    // depth 512: columns 2 KB apart, aligned at offset 0; depth 300: aligned only with ldw 304.
+    const Problem<float> p(rows, 512, 29, 300 + static_cast<std::uint64_t>(rows));
+    const std::vector<float> aligned = run_at(p, 512, 0);
+    for (Index offset : {1, 2, 4, 8}) {
+      INFO("rows=" << rows << " offset=" << offset << " floats");
+      CHECK(run_at(p, 512, offset) == aligned);
+    }
+    const Problem<float> q(rows, 300, 13, 400 + static_cast<std::uint64_t>(rows));
+    INFO("rows=" << rows << " depth 300");
+    CHECK(run_at(q, 300, 0) == run_at(q, 304, 0));
+    CHECK(run_at(q, 300, 2) == run_at(q, 304, 0));
   }
 }
 
