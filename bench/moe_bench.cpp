@@ -220,11 +220,12 @@ const MoELayer<float>& unaligned_layer(Index d, Index m, int n, int k) {
     for (int e = 0; e < n; ++e) {
       const FfnWeightsView<float>& w = owned.expert(e);
       const Index size = d * w.hidden_dim();
-      float* gate = std::copy_n(w.gate.data(), size, p) - size;
-      float* up = std::copy_n(w.up.data(), size, gate + size) - size;
-      float* down = std::copy_n(w.down.data(), size, up + size) - size;
+      float *gate = p, *up = p + size, *down = p + 2 * size;
+      std::copy_n(w.gate.data(), size, gate);
+      std::copy_n(w.up.data(), size, up);
+      std::copy_n(w.down.data(), size, down);
       views.emplace_back(gate, up, down, d, w.hidden_dim());
-      p = down + size;
+      p += 3 * size;
     }
     l = std::make_unique<MoELayer<float>>(std::move(views), owned.router_weight(), MoEConfig{k});
   }

@@ -38,7 +38,7 @@ constexpr Index kPrefetchBytes = 1024;
 /// 2 threads, 540 MB of f32 weights at depth 4096, 8 or 16 bytes off, two alternating rounds,
 /// against aligned weights: 3 rows 0.63-0.65 -> 0.86-0.91, 4 rows 0.55-0.57 -> 0.86-0.89 (2 rows
 /// 0.87-0.90 either way); moe_bench MoE T = 8 on such views 10.4-11.3 -> 7.9-8.1 ms, aligned
-/// 7.9-8.5 ms. Aligned, loading once ran 2-5% slower than folding (a harness), so aligned
+/// 7.9-8.5 ms. Aligned, loading once ran 0-5% slower than folding (a harness), so aligned
 /// weights keep the folded loads. A masked load cannot be folded into an FMA; its mask is all
 /// lanes, hidden from the compiler so that it does not turn the load back into a plain one.
 constexpr bool kLoadWeightsOnce = true;
