@@ -23,6 +23,8 @@
 //     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>  // sysconf
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -331,6 +333,17 @@ std::string cpu_description() {
 #endif
 }
 
+/// L1 data cache size in KiB, or "" when unknown. Google Benchmark's context lists the caches it
+/// finds under /sys/devices/system/cpu, which this project's VM does not have; glibc's sysconf
+/// asks CPUID on x86.
+std::string l1d_kib() {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+  const long bytes = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  if (bytes > 0) return std::to_string(bytes / 1024);
+#endif
+  return "";
+}
+
 template <class F, class... Args>
 void add(const std::string& name, F f, Args... args) {
   benchmark::RegisterBenchmark(name.c_str(), f, args...)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -372,6 +385,7 @@ int main(int argc, char** argv) {
   }
   benchmark::AddCustomContext("threads", std::to_string(pool().size()));
   benchmark::AddCustomContext("cpu", cpu_description());
+  if (const std::string l1d = l1d_kib(); !l1d.empty()) benchmark::AddCustomContext("l1d_kib", l1d);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

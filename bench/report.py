@@ -32,8 +32,9 @@ def main(path):
     rows.sort()
 
     ctx = data["context"]
+    # Google Benchmark's cache list comes from /sys, absent on some VMs; moe_bench adds sysconf's.
     l1d = next((c["size"] // 1024 for c in ctx.get("caches", []) if c.get("type") == "Data" and c.get("level") == 1),
-               "?")
+               ctx.get("l1d_kib", "?"))
     reps = data["benchmarks"][-1].get("repetitions", "?")
     print(f"Machine: {ctx.get('cpu', 'CPU not recorded')}; {ctx.get('num_cpus')} CPUs @ {ctx.get('mhz_per_cpu')} MHz, "
           f"L1d {l1d} KiB, threads={ctx.get('threads')}, "
