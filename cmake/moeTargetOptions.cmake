@@ -26,6 +26,15 @@ function(moe_native_options target)
   endif()
 endfunction()
 
+# A target that is only compiled, never run (a header or compile-time check): a sanitizer build
+# (MOE_SANITIZE), which is for running the tests, leaves it out of `all`; instrumented compiles are
+# the slowest stage of .ci/run.
+function(moe_compile_only target)
+  if(MOE_SANITIZE)
+    set_target_properties(${target} PROPERTIES EXCLUDE_FROM_ALL ON)
+  endif()
+endfunction()
+
 # moe's own CUDA executables (MOE_ENABLE_CUDA): warnings of nvcc and of the host compiler. No
 # -Wpedantic for the host pass: nvcc's generated code uses GCC-style line directives.
 function(moe_cuda_target_options target)
