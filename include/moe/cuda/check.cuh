@@ -34,20 +34,29 @@ inline int device_count() {
   return n;
 }
 
-/// kernel<<<grid, block, 0, stream>>>(args...), then the launch's check (cudaGetLastError): a
-/// configuration the GPU refuses throws here, not at the next synchronisation. (Built against the
-/// CPU emulator of tests/cuda/emulator, which defines MOE_CUDA_EMULATION, the kernel runs there.)
+/// kernel<<<grid, block, shared_bytes, stream>>>(args...), then the launch's check
+/// (cudaGetLastError): a configuration the GPU refuses throws here, not at the next
+/// synchronisation. shared_bytes: the kernel's dynamic shared memory (over 48 KB only after
+/// cudaFuncSetAttribute raised the kernel's limit). (Built against the CPU emulator of
+/// tests/cuda/emulator, which defines MOE_CUDA_EMULATION, the kernel runs there.)
 template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+void launch_with_shared(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                        cudaStream_t stream, Args&&... args) {
 #if defined(MOE_CUDA_EMULATION)
-  moe_emulation::launch(kernel, grid, block, stream, std::forward<Args>(args)...);
+  moe_emulation::launch(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
 #else
   // (clang-format splits this launch's closing >>> inside a function template)
   // clang-format off
-  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
   // clang-format on
 #endif
   MOE_CUDA_CHECK(cudaGetLastError());
+}
+
+/// kernel<<<grid, block, 0, stream>>>(args...), checked as launch_with_shared.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  launch_with_shared(kernel, grid, block, 0, stream, std::forward<Args>(args)...);
 }
 
 /// n values of T in device memory (cudaMalloc), uninitialised. Grows on reserve(), never shrinks;

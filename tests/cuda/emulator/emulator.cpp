@@ -172,7 +172,27 @@ void prepare(Fiber& f) {
 
 void set_schedule(Schedule s) { g_schedule = s; }
 
-void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
+namespace {
+constexpr std::size_t kDefaultSharedLimit = 48 * 1024;  // without cudaFuncSetAttribute
+constexpr int kMaxSharedOptIn = 227 * 1024;             // sm_90's per-block maximum
+std::map<const void*, std::size_t> g_shared_limit;      // kernels whose limit was raised
+unsigned char* g_dynamic_shared = nullptr;              // the running block's dynamic shared memory
+}  // namespace
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || bytes > kMaxSharedOptIn) return cudaErrorInvalidValue;
+  g_shared_limit[kernel] = static_cast<std::size_t>(bytes);
+  return cudaSuccess;
+}
+
+unsigned char* dynamic_shared() { return g_dynamic_shared; }
+
+void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::function<void()>& body) {
+  // Dynamic shared memory: a fresh heap block per grid (so AddressSanitizer sees overruns), 0xff
+  // bytes at each block's start (a read of what no thread wrote shows).
+  std::unique_ptr<unsigned char, decltype(&std::free)> shared(
+      static_cast<unsigned char*>(std::aligned_alloc(128, (shared_bytes + 127) / 128 * 128)), &std::free);
+  g_dynamic_shared = shared_bytes ? shared.get() : nullptr;
   const unsigned threads = block.x, warps = (threads + 31) / 32;
   Block& b = g_block;
   while (b.fibers.size() < threads) {
@@ -189,6 +209,7 @@ void run_grid(dim3 grid, dim3 block, const std::function<void()>& body) {
   for (unsigned long long n = 0; n < blocks; ++n) {
     const unsigned long long linear = reverse ? blocks - 1 - n : n;
     blockIdx = {static_cast<unsigned>(linear % grid.x), static_cast<unsigned>(linear / grid.x), 0};
+    if (shared_bytes) std::memset(shared.get(), 0xff, shared_bytes);
     b.barrier = Barrier{};
     b.barrier.expected = static_cast<int>(threads);
     b.warp_live.assign(warps, 0);
@@ -246,11 +267,14 @@ WarpScratch& warp_scratch() { return g_block.warp_scratch[threadIdx.x / 32]; }
 
 // ---- the runtime: launches, memory, streams, graphs -------------------------------------------
 
-bool valid_launch(dim3 grid, dim3 block) {
+bool valid_launch(dim3 grid, dim3 block, std::size_t shared_bytes, const void* kernel) {
   const bool ok = block.x >= 1 && block.x <= 1024 && block.y == 1 && block.z == 1 && grid.x >= 1 &&
                   grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z == 1;
   if (!ok) g_last_error = cudaErrorInvalidConfiguration;
-  return ok;
+  const auto raised = g_shared_limit.find(kernel);
+  const std::size_t limit = raised == g_shared_limit.end() ? kDefaultSharedLimit : raised->second;
+  if (ok && shared_bytes > limit) g_last_error = cudaErrorInvalidValue;
+  return ok && shared_bytes <= limit;
 }
 
 namespace {

@@ -78,6 +78,7 @@ using cudaStream_t = CUstream_st*;
 using cudaGraph_t = CUgraph_st*;
 using cudaGraphExec_t = CUgraphExec_st*;
 using cudaEvent_t = CUevent_st*;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct cudaDeviceProp {
   char name[256];
   int multiProcessorCount;
@@ -115,13 +116,28 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop)
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
 
 namespace moe_emulation {
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
+}
+/// Only the dynamic shared memory limit (up to 227 KB, as on sm_90); launches above 48 KB are
+/// refused unless it was raised for that kernel, as a GPU refuses them.
+template <class T>
+cudaError_t cudaFuncSetAttribute(T* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return moe_emulation::set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
+}
+
+namespace moe_emulation {
 
 /// Runs `op` now, or records it when `stream` is being captured into a graph.
 void enqueue(cudaStream_t stream, std::function<void()> op);
-/// Checks a launch configuration (sets the last error and returns false if the GPU would refuse it).
-bool valid_launch(dim3 grid, dim3 block);
-/// Runs body once per thread of every block of the grid (one block at a time, its threads as fibers).
-void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
+/// Checks a launch configuration (sets the last error and returns false if the GPU would refuse it):
+/// the grid and block sizes, and shared_bytes of dynamic shared memory for `kernel`.
+bool valid_launch(dim3 grid, dim3 block, std::size_t shared_bytes, const void* kernel);
+/// Runs body once per thread of every block of the grid (one block at a time, its threads as
+/// fibers), each block with shared_bytes of dynamic shared memory that hold 0xff bytes at its start.
+void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::function<void()>& body);
+/// The running block's dynamic shared memory (128-byte aligned).
+unsigned char* dynamic_shared();
 /// The order the emulator runs a grid's blocks and a block's threads in. Fibers switch only at
 /// barriers (the block's, or a warp's intrinsics), so in one barrier interval the first thread to
 /// run sees none of the others' writes of that interval and the last sees all of them.
@@ -164,14 +180,16 @@ std::array<std::uint64_t, 32> exchange_words(T mine) {
   return all;
 }
 
-/// kernel<<<grid, block, 0, stream>>>(args...): the arguments are copied, as a launch copies them.
+/// kernel<<<grid, block, shared_bytes, stream>>>(args...): the arguments are copied, as a launch
+/// copies them.
 template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
-  if (!valid_launch(grid, block)) return;
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
+            Args&&... args) {
+  if (!valid_launch(grid, block, shared_bytes, reinterpret_cast<const void*>(kernel))) return;
   std::function<void()> body = [kernel, params = std::make_tuple(static_cast<Params>(args)...)] {
     std::apply(kernel, params);
   };
-  enqueue(stream, [grid, block, body] { run_grid(grid, block, body); });
+  enqueue(stream, [grid, block, shared_bytes, body] { run_grid(grid, block, shared_bytes, body); });
 }
 
 }  // namespace moe_emulation
@@ -187,6 +205,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t strea
 #define __launch_bounds__(...)
 
 inline void __syncthreads() { moe_emulation::sync_block(); }
+inline void __syncwarp(unsigned /*mask*/ = 0xffffffffu) { moe_emulation::sync_warp(); }
 
 template <class T>
 T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {

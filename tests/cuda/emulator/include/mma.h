@@ -1,7 +1,7 @@
 // Emulation shim (tests/cuda/emulator): the WMMA subset moe's tensor-core tiles use (16 x 16 x 16,
 // bf16 or fp16 inputs, float accumulators). As on the GPU, a fragment is spread over the warp's lanes and
-// the element-to-lane map is opaque (here lane l holds elements 8l .. 8l + 7 of the tile in
-// row-major order); mma_sync is a warp collective. It sums each element's 16 products in k order
+// the element-to-lane map is opaque (here every fragment uses the layout of the tensor cores' m16n8
+// accumulators, twice: see row_of); mma_sync is a warp collective. It sums each element's 16 products in k order
 // in float (the tensor cores' own order and rounding differ: tests bound that difference). The
 // pointer and stride rules of the CUDA guide are checked.
 #pragma once
@@ -34,9 +34,13 @@ inline void require(bool ok, const char* what) {
     std::abort();
   }
 }
-/// Row and column of element i of the calling lane's share.
-inline int row_of(int i) { return static_cast<int>(threadIdx.x % 32) * kPerLane / 16 + i / 16; }
-inline int col_of(int i) { return (static_cast<int>(threadIdx.x % 32) * kPerLane + i) % 16; }
+/// Row and column of element i of the calling lane's share: lane l holds rows l / 4 and l / 4 + 8,
+/// columns 2·(l % 4) and the next, of the left 16 x 8 half and of the right one (the m16n8
+/// accumulator layout of sm_80 and later). What matters is that a lane's elements are not a run of
+/// one row: a kernel that stores a fragment to shared memory and reads it back by rows without a
+/// warp barrier between then reads other lanes' elements, here as on a GPU.
+inline int row_of(int i) { return static_cast<int>(threadIdx.x % 32) / 4 + 8 * (i / 2 % 2); }
+inline int col_of(int i) { return 8 * (i / 4) + 2 * static_cast<int>(threadIdx.x % 32 % 4) + i % 2; }
 inline float widen(float v) { return v; }
 inline float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline float widen(__half v) { return __half2float(v); }
