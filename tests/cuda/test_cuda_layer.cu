@@ -86,6 +86,22 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
     gpu.forward(x, again);
   }
   CHECK(testutil::bitwise_equal(y, again));
+
+  // Where the pipelined 128-row tiles ran, the 64-row tiles on the same input: the same rounded
+  // operands, summed in the same 16-deep steps in k order. In the emulator (mma_sync sums each
+  // step in k order in float) that is the same bits; on a GPU the two kernels issue the same
+  // tensor-core instructions in the same k order, but nothing documents the bits, so there they are
+  // held to the bound above against each other.
+  if (tensor_cores && gpu.pipelined_tiles()) {
+    gpu.set_tile_kernels(cuda::TileKernels::k64);
+    RowMatrix<float> tiles64(tokens, layer.model_dim());
+    gpu.forward(x, tiles64);
+#if defined(MOE_CUDA_EMULATION)
+    CHECK(testutil::bitwise_equal(y, tiles64));
+#else
+    CHECK(testutil::rel_err(tiles64, y) <= 4 * u);
+#endif
+  }
 }
 
 /// Code written once against MoELayer's backend overload (CpuBackend or cuda::DeviceMoELayer).
@@ -109,13 +125,30 @@ TEST_CASE("CUDA layer: d and m not multiples of the tiles or of the 16-byte vect
   check_layer(cudatest::random_layer(202, 70, 8, 2, 12), 37, 7);
   check_layer(cudatest::random_layer(202, 70, 8, 2, 12), 300, 8);
   // d = 200, m = 72 with bf16 weights: vectors of 8 (16 bytes) fit d and m exactly; at T = 300
-  // the tensor-core tiles are partial in rows, columns and depth.
+  // the pipelined tensor-core tiles (and the 64-row ones, compared with them) are partial in rows,
+  // columns and depth (200 = 6 stages of 32 and 8 more; 72 = 2 stages and 8).
   check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 72, 8, 2, 12), 37, 9);
   check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 72, 8, 2, 12), 300, 10);
-  // The tensor-core tiles' one-value-at-a-time loads: d = 200, m = 70 (the down product's weight
-  // columns are not whole 16-byte vectors), and fp16 at d = 202, m = 70 (neither product's).
+  // The 64-row tensor-core tiles' one-value-at-a-time loads: d = 200, m = 70 (the down product's
+  // weight columns are not whole 16-byte vectors), and fp16 at d = 202, m = 70 (neither product's).
   check_layer(cudatest::random_layer<Eigen::bfloat16>(200, 70, 8, 2, 12), 300, 11);
   check_layer(cudatest::random_layer<Eigen::half>(202, 70, 8, 2, 12), 300, 12);
+}
+
+TEST_CASE("CUDA layer: the pipelined tiles take bf16/fp16 weights where d and every m_e are multiples of 8",
+          "[cuda]") {
+  using Bf16 = Eigen::bfloat16;
+  CHECK(cuda::DeviceMoELayer<Bf16>(cudatest::random_layer<Bf16>(200, 72, 4, 2, 21)).pipelined_tiles());
+  CHECK(cuda::DeviceMoELayer<Eigen::half>(cudatest::random_layer<Eigen::half>(64, 32, 4, 2, 21))
+            .pipelined_tiles());
+  CHECK_FALSE(cuda::DeviceMoELayer<Bf16>(cudatest::random_layer<Bf16>(200, 70, 4, 2, 21)).pipelined_tiles());
+  CHECK_FALSE(cuda::DeviceMoELayer<Bf16>(cudatest::random_layer<Bf16>(202, 72, 4, 2, 21)).pipelined_tiles());
+  CHECK_FALSE(cuda::DeviceMoELayer<float>(cudatest::random_layer(64, 32, 4, 2, 21)).pipelined_tiles());
+  cuda::DeviceMoELayer<Bf16> gpu(cudatest::random_layer<Bf16>(64, 32, 4, 2, 21));
+  gpu.set_tile_kernels(cuda::TileKernels::k64);
+  CHECK_FALSE(gpu.pipelined_tiles());
+  gpu.set_tile_kernels(cuda::TileKernels::kAuto);
+  CHECK(gpu.pipelined_tiles());
 }
 
 TEST_CASE("CUDA layer: k from 1 to 8 of N = 8, renormalised weights too", "[cuda]") {
@@ -141,6 +174,17 @@ TEST_CASE("CUDA layer: every token on one expert (a zero router: all logits tie,
   // one more: the tile path.
   check_layer(layer, cuda::kFewRows, 13);
   check_layer(layer, cuda::kFewRows + 1, 14);
+}
+
+TEST_CASE("CUDA layer: every token on one bf16 expert: whole and partial 128-row tiles", "[cuda]") {
+  std::vector<FfnWeights<Eigen::bfloat16>> experts;
+  for (int e = 0; e < 4; ++e)
+    experts.push_back(
+        convert_weights<Eigen::bfloat16>(testutil::random_ffn<float>(64, 32, 40 + 3 * e, 0.05).view()));
+  const MoELayer<float, Eigen::bfloat16> layer(std::move(experts), ColMatrix<float>::Zero(64, 4),
+                                               MoEConfig{1});
+  for (Index t : {cuda::kFewRows + 1, cuda::kPipeTileRows, cuda::kPipeTileRows + 1, 3 * cuda::kPipeTileRows})
+    check_layer(layer, t, 30 + static_cast<std::uint64_t>(t));
 }
 
 TEST_CASE("CUDA layer: bf16 and fp16 expert weights (tensor cores past kFewRows rows)", "[cuda]") {

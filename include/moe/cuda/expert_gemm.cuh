@@ -39,8 +39,10 @@ struct ExpertTile {
   int rows;
 };
 
-/// Tile number `tile` of the grouped grid: the expert e with tile_offsets[e] <= tile <
-/// tile_offsets[e + 1] (binary search; empty experts have no tiles). False past the last tile.
+/// Tile number `tile` of the grouped grid of kRows-row tiles (group_by_expert's tile_rows): the
+/// expert e with tile_offsets[e] <= tile < tile_offsets[e + 1] (binary search; empty experts have no
+/// tiles). False past the last tile.
+template <int kRows = kTileRows>
 __device__ inline bool find_tile(const long long* offsets, const long long* tile_offsets, int n,
                                  long long tile, ExpertTile& out) {
   if (tile >= tile_offsets[n]) return false;
@@ -53,9 +55,9 @@ __device__ inline bool find_tile(const long long* offsets, const long long* tile
       hi = mid - 1;
   }
   out.expert = lo;
-  out.row0 = offsets[lo] + (tile - tile_offsets[lo]) * kTileRows;
+  out.row0 = offsets[lo] + (tile - tile_offsets[lo]) * kRows;
   const long long left = offsets[lo + 1] - out.row0;
-  out.rows = static_cast<int>(left < kTileRows ? left : kTileRows);
+  out.rows = static_cast<int>(left < kRows ? left : kRows);
   return true;
 }
 

@@ -1,5 +1,7 @@
 // moe — the prefill path of the CUDA grouped expert products for bf16 and fp16 weights: the 64-row
 // tiles of expert_gemm.cuh on the tensor cores (WMMA, 16-bit x 16-bit products, float accumulation).
+// They take any d and m_e; where both are multiples of 8 the layer takes the pipelined 128-row
+// tiles of expert_mma_pipelined.cuh instead (TileKernels::k64 still picks these, for comparison).
 //
 // The tensor cores multiply two values of the same 16-bit type, so the activations are rounded to
 // the weights' type (to nearest even) as the tiles are loaded (x in the gate-up product, h in the
@@ -17,10 +19,11 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
-#include <cstdint>
 #include <cstring>
 
+#include "moe/cuda/copy.cuh"
 #include "moe/cuda/expert_gemm.cuh"
+#include "moe/cuda/round_to.cuh"
 #include "moe/math.hpp"
 
 namespace moe::cuda {
@@ -40,18 +43,6 @@ using AFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T16, nv
 template <class T16>
 using BFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T16, nvcuda::wmma::col_major>;
 using CFrag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
-
-/// v rounded to nearest even in the 16-bit type.
-template <class T16>
-__device__ inline T16 round_to(float v);
-template <>
-__device__ inline __nv_bfloat16 round_to<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
-template <>
-__device__ inline __half round_to<__half>(float v) {
-  return __float2half_rn(v);
-}
 
 /// A thread's share of one stage of A, rows [0, 64) x k [k0, k0 + 32): 16 consecutive k of row
 /// threadIdx / 2, held in registers between the global loads and the shared-memory stores, so the
@@ -85,18 +76,6 @@ struct AStage {
     for (int i = 0; i < 16; ++i) a_s[r][kk0 + i] = round_to<T16>(v[i]);
   }
 };
-
-/// The 16 bytes v to dst (16-byte aligned): one vector store, as CUDA code writes it; in the CPU
-/// emulator (MOE_CUDA_EMULATION), where the cast would break C++'s aliasing rules, a memcpy that
-/// first checks the alignment a GPU needs.
-__device__ inline void store16(void* dst, const uint4& v) {
-#if defined(MOE_CUDA_EMULATION)
-  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0) __trap();
-  memcpy(dst, &v, sizeof v);
-#else
-  *static_cast<uint4*>(dst) = v;
-#endif
-}
 
 /// A thread's share of one stage of weights w (column c at w + c·depth), columns [c0, c0 + 64) x
 /// k [k0, k0 + 32): 16 consecutive k of column c0 + threadIdx / 2, as 32 bytes held in registers

@@ -5,9 +5,11 @@
 // the router (logits, softmax, top-k: routing.cuh), one kernel that counts, scans and stably scatters the
 // pairs by expert (permute.cuh),
 // the gate-up product with SwiGLU and the down product — matrix-vector kernels for the experts with at most
-// kFewRows rows (expert_gemv.cuh), grouped 64-row tiles for the others (on the tensor cores for bf16 and
-// fp16 weights, expert_mma.cuh, with the activations rounded to the weights' type; on the CUDA cores in
-// float for float weights, expert_gemm.cuh) — and the weighted combine with the N/k rescale (combine.cuh).
+// kFewRows rows (expert_gemv.cuh), grouped tiles for the others (on the tensor cores for bf16 and fp16
+// weights, with the activations rounded to the weights' type: pipelined 128-row tiles,
+// expert_mma_pipelined.cuh, where d and every m_e are multiples of 8, else 64-row tiles, expert_mma.cuh;
+// on the CUDA cores in float for float weights, expert_gemm.cuh) — and the weighted combine with the
+// N/k rescale (combine.cuh).
 // forward(device pointers) copies nothing to the host and allocates nothing, so it can be captured in a CUDA
 // graph; the same input gives the same output bits on every run.
 //
@@ -36,6 +38,7 @@
 #include "moe/cuda/expert_gemm.cuh"
 #include "moe/cuda/expert_gemv.cuh"
 #include "moe/cuda/expert_mma.cuh"
+#include "moe/cuda/expert_mma_pipelined.cuh"
 #include "moe/cuda/permute.cuh"
 #include "moe/cuda/routing.cuh"
 #include "moe/moe_layer.hpp"
@@ -55,6 +58,12 @@ template <>
 struct DeviceScalar<Eigen::half> {
   using type = __half;
 };
+
+/// Which tensor-core tiles take the bf16/fp16 experts with more than kFewRows rows. kAuto: the
+/// pipelined 128-row tiles (expert_mma_pipelined.cuh) where d and every m_e are multiples of 8,
+/// else the 64-row tiles (expert_mma.cuh). k64: the 64-row tiles always — kept so that one binary
+/// can time both on a GPU (moe_bench_cuda --tiles 64). Float weights ignore it.
+enum class TileKernels { kAuto, k64 };
 
 /// Throws moe::Error naming the first thing about `layer` the CUDA path does not implement.
 template <class W>
@@ -140,6 +149,17 @@ class DeviceMoELayer {
     }
     ldh_ = (max_hidden_ + 7) / 8 * 8;
     for (int m : hidden) vec_hidden_ = vec_hidden_ && m % kernels::kVector<DW> == 0;
+    pipelined_fits_ = !std::is_same_v<DW, float> && d_ % 8 == 0 && vec_hidden_;
+    if constexpr (!std::is_same_v<DW, float>) {
+      if (pipelined_fits_) {  // their 60 KB of shared memory is over a launch's default 48 KB
+        MOE_CUDA_CHECK(cudaFuncSetAttribute(kernels::expert_hidden_swiglu_pipelined<DW>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kernels::kPipeSharedBytes));
+        MOE_CUDA_CHECK(cudaFuncSetAttribute(kernels::expert_down_pipelined<DW>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kernels::kPipeSharedBytes));
+      }
+    }
     weight_offset_.upload(offset.data(), offset.size());
     hidden_.upload(hidden.data(), hidden.size());
     const unsigned no_bad_token = 0xffffffffu;  // what check_routing finds until a forward runs
@@ -152,6 +172,12 @@ class DeviceMoELayer {
   Index model_dim() const { return d_; }
   Index capacity() const { return capacity_; }  ///< tokens the workspace holds
   cudaStream_t stream() const { return stream_; }
+
+  /// Chooses the tensor-core tiles (TileKernels) for the forwards queued after this call.
+  void set_tile_kernels(TileKernels tiles) { tiles_ = tiles; }
+  /// Whether forwards take the pipelined 128-row tiles past kFewRows rows (bf16/fp16 weights, d and
+  /// every m_e multiples of 8, TileKernels::kAuto).
+  bool pipelined_tiles() const { return pipelined_fits_ && tiles_ == TileKernels::kAuto; }
 
   /// Sizes the workspace for up to `tokens` tokens per forward (allocates; forward never does).
   void reserve(Index tokens) {
@@ -171,6 +197,10 @@ class DeviceMoELayer {
     row_of_.reserve(pairs);
     h_.reserve(pairs * static_cast<std::size_t>(ldh_));
     y_rows_.reserve(pairs * d);
+    if (pipelined_fits_) {
+      x_rounded_.reserve(t * d);
+      h_rounded_.reserve(pairs * static_cast<std::size_t>(ldh_));
+    }
     capacity_ = tokens;
   }
 
@@ -185,9 +215,14 @@ class DeviceMoELayer {
     last_tokens_ = tokens;
     if (tokens == 0) return;
     const long long t = tokens, pairs = t * k_, d = d_;
-    launch(kernels::route_tokens, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_, opt_,
-           logits_.data(), ids_.data(), weights_.data());
-    launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, kTileRows,
+    // At most pairs / (kFewRows + 1) experts have more than kFewRows rows (the tile path); none at
+    // decode (T = 1..8 at k = 2), where the tile kernels are not launched at all.
+    const long long tile_experts = std::min<long long>(n_, pairs / (kFewRows + 1));
+    const bool pipelined = pipelined_tiles() && tile_experts > 0;
+    const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
+    launch(kernels::route_tokens<DW>, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_,
+           opt_, logits_.data(), ids_.data(), weights_.data(), pipelined ? x_rounded_.data() : nullptr);
+    launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, tile_rows,
            kFewRows, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
            num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
@@ -204,25 +239,34 @@ class DeviceMoELayer {
     launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
            few_down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
            num_few_.data(), y_rows_.data());
-    // The other experts: 64-row tiles (expert_mma.cuh for bf16/fp16, expert_gemm.cuh for float). At
-    // most pairs / (kFewRows + 1) experts have more than kFewRows rows; none at decode (T = 1..8 at
-    // k = 2), where these two kernels are not launched at all. Their tiles number at most
-    // pairs / kTileRows plus one partial tile per such expert.
-    const long long tile_experts = std::min<long long>(n_, pairs / (kFewRows + 1));
+    // The other experts: row tiles (expert_mma_pipelined.cuh or expert_mma.cuh for bf16/fp16,
+    // expert_gemm.cuh for float), at most pairs / tile_rows of them plus one partial tile per expert.
     if (tile_experts > 0) {
-      const auto row_tiles = static_cast<unsigned>((pairs + kTileRows - 1) / kTileRows + tile_experts);
+      const auto row_tiles = static_cast<unsigned>((pairs + tile_rows - 1) / tile_rows + tile_experts);
       const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
       const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
-      if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores (expert_mma.cuh)
-        // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
-        // vec_hidden_: every m_e).
-        launch(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
-                     : kernels::expert_hidden_swiglu_mma<DW, false>,
-               hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
-               tile_offsets_.data(), h_.data(), ldh_);
-        launch(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
-               down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(), tile_offsets_.data(),
-               y_rows_.data());
+      if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores
+        if (pipelined) {  // x rounded by route_tokens; h written rounded, in h_rounded_
+          using kernels::pipe::kCols;
+          const dim3 grid(row_tiles, static_cast<unsigned>((max_hidden_ + kCols / 2 - 1) / (kCols / 2)));
+          launch_with_shared(kernels::expert_hidden_swiglu_pipelined<DW>, grid, kPipeThreads,
+                             kernels::kPipeSharedBytes, stream, x_rounded_.data(), sorted_pair_.data(), k_,
+                             ex, offsets_.data(), tile_offsets_.data(), h_rounded_.data(), ldh_);
+          launch_with_shared(kernels::expert_down_pipelined<DW>,
+                             dim3(row_tiles, static_cast<unsigned>((d + kCols - 1) / kCols)), kPipeThreads,
+                             kernels::kPipeSharedBytes, stream, h_rounded_.data(), ldh_, ex, offsets_.data(),
+                             tile_offsets_.data(), y_rows_.data());
+        } else {
+          // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
+          // vec_hidden_: every m_e).
+          launch(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
+                       : kernels::expert_hidden_swiglu_mma<DW, false>,
+                 hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+                 tile_offsets_.data(), h_.data(), ldh_);
+          launch(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
+                 down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(), tile_offsets_.data(),
+                 y_rows_.data());
+        }
       } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
         launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(),
                k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
@@ -329,8 +373,10 @@ class DeviceMoELayer {
   Index d_;
   float scale_;
   Index max_hidden_ = 0;
-  Index ldh_ = 0;           ///< h's row stride: max_hidden_ rounded up to 8 (16-byte rows)
-  bool vec_hidden_ = true;  ///< every m_e a whole number of 16-byte weight vectors
+  Index ldh_ = 0;                ///< h's row stride: max_hidden_ rounded up to 8 (16-byte rows)
+  bool vec_hidden_ = true;       ///< every m_e a whole number of 16-byte weight vectors
+  bool pipelined_fits_ = false;  ///< 16-bit weights, d and every m_e multiples of 8
+  TileKernels tiles_ = TileKernels::kAuto;
   Index capacity_ = 0;
   Index last_tokens_ = -1;  ///< T of the last forward queued; -1 before the first
   DeviceRouterOptions opt_;
@@ -341,6 +387,7 @@ class DeviceMoELayer {
   // Workspace (reserve).
   DeviceBuffer<float> logits_, weights_, h_, y_rows_;
   DeviceBuffer<float> x_staging_, y_staging_;  // the host forward's copies of x and y
+  DeviceBuffer<DW> x_rounded_, h_rounded_;     // the pipelined tiles' operands (pipelined_fits_)
   DeviceBuffer<int> ids_, counts_, few_experts_, num_few_;
   DeviceBuffer<long long> offsets_, tile_offsets_, sorted_pair_, row_of_;
   DeviceBuffer<unsigned> bad_token_;

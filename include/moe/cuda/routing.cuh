@@ -10,7 +10,9 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <type_traits>
 
+#include "moe/cuda/round_to.cuh"
 #include "moe/math.hpp"
 
 namespace moe::cuda {
@@ -76,13 +78,21 @@ __device__ inline void route_one(const float* z, int n, int k, const DeviceRoute
 /// then one thread routes the token (route_one). One kernel, not two: at T = 1 a launch costs about
 /// what the whole routing does. w_router: column e at w_router + e·d (d x N, column-major, as
 /// RouterGate stores it). logits (T x N) are kept for inspection.
-static __global__ void route_tokens(const float* x, const float* w_router, long long d, int n, int k,
-                                    DeviceRouterOptions opt, float* logits, int* ids, float* weights) {
+/// x_rounded (T x d, R a 16-bit type; null: none): x rounded to R, the pipelined tensor-core tiles'
+/// operand (expert_mma_pipelined.cuh), written here because this kernel reads x anyway. R = float
+/// writes nothing.
+template <class R>
+__global__ void route_tokens(const float* x, const float* w_router, long long d, int n, int k,
+                             DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
   __shared__ float z[kMaxExperts];
   const long long t = blockIdx.x;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   const int warps = static_cast<int>(blockDim.x / 32);
   const float* xt = x + t * d;
+  if constexpr (!std::is_same_v<R, float>) {
+    if (x_rounded)
+      for (long long i = threadIdx.x; i < d; i += blockDim.x) x_rounded[t * d + i] = round_to<R>(xt[i]);
+  }
   for (int e = warp; e < n; e += warps) {
     const float* w = w_router + e * d;
     float s = 0.0f;

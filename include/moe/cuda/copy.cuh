@@ -1,0 +1,77 @@
+// moe — 16-byte moves of the tensor-core tiles: a vector store, the asynchronous global-to-shared
+// copies of the pipelined tiles (cp.async, sm_80 and later: a copy runs while the thread goes on,
+// and a thread waits for its own earlier groups of copies), and the block's dynamic shared memory.
+//
+// In the CPU emulator (MOE_CUDA_EMULATION) a copy completes when it is issued, so the waits have
+// nothing to wait for; what the emulator still proves is that no thread overwrites a stage another
+// still reads (its reverse schedule, emulator.hpp) and the 16-byte alignment a GPU needs, which it
+// checks. That a wait covers the right groups it cannot prove: see wait_copies.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace moe::cuda::kernels {
+
+/// The 16 bytes v to dst (16-byte aligned): one vector store, as CUDA code writes it; in the CPU
+/// emulator, where the cast would break C++'s aliasing rules, a memcpy that first checks the
+/// alignment a GPU needs.
+__device__ inline void store16(void* dst, const uint4& v) {
+#if defined(MOE_CUDA_EMULATION)
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0) __trap();
+  memcpy(dst, &v, sizeof v);
+#else
+  *static_cast<uint4*>(dst) = v;
+#endif
+}
+
+/// Starts copying the 16 bytes at src (global memory) to dst (shared memory), both 16-byte
+/// aligned; with full false it writes 16 zero bytes to dst and reads nothing (cp.async's src-size
+/// 0), so src need only be some valid address. Cached in L2 only (.cg): a tile's operands are read
+/// once per block.
+__device__ inline void copy16_async(void* dst, const void* src, bool full) {
+#if defined(MOE_CUDA_EMULATION)
+  if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0)
+    __trap();
+  if (full)
+    memcpy(dst, src, 16);
+  else
+    memset(dst, 0, 16);
+#else
+  const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src), "r"(full ? 16 : 0)
+               : "memory");
+#endif
+}
+
+/// Closes the calling thread's group of copies started since the last commit (possibly none: an
+/// empty group keeps every thread's count of groups the same).
+__device__ inline void commit_copies() {
+#if !defined(MOE_CUDA_EMULATION)
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+/// Waits until at most kPending of the calling thread's committed groups are still in flight (the
+/// newest ones): every older group's copies have landed in shared memory. Other threads' copies
+/// are visible only after a barrier that follows their own wait.
+template <int kPending>
+__device__ inline void wait_copies() {
+#if !defined(MOE_CUDA_EMULATION)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+
+/// The block's dynamic shared memory (the launch's shared-bytes argument), 128-byte aligned.
+__device__ inline unsigned char* dynamic_shared() {
+#if defined(MOE_CUDA_EMULATION)
+  return moe_emulation::dynamic_shared();
+#else
+  extern __shared__ __align__(128) unsigned char moe_dynamic_shared[];
+  return moe_dynamic_shared;
+#endif
+}
+
+}  // namespace moe::cuda::kernels
