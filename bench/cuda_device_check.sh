@@ -56,23 +56,33 @@ timeout 90 "$test_bin" 2>&1 | tee "$out/test.txt" | tail -30
 echo "test exit: ${PIPESTATUS[0]}"
 
 echo "== memcheck (small cases)"
-timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
+timeout 45 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
   "CUDA layer: d and m not multiples of the tiles or of the 16-byte vectors" \
   "CUDA layer: N = 256, k = 8, most experts empty at T = 7" 2>&1 | tee "$out/memcheck.txt" | tail -8
 echo "memcheck exit: ${PIPESTATUS[0]}"
+
+echo "== racecheck (shared memory; the pipelined tiles' stages and epilogue)"
+timeout 40 compute-sanitizer --tool racecheck --error-exitcode 9 "$test_bin" \
+  "CUDA layer: every token on one bf16 expert: whole and partial 128-row tiles" 2>&1 |
+  tee "$out/racecheck.txt" | tail -8
+echo "racecheck exit: ${PIPESTATUS[0]}"
 
 echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
 # A forward is 5 kernels at T = 1 (route, group, and the matrix-vector pair, combine), 7 at T = 2048.
 for t in 1 2048; do
   launches=$([[ $t == 1 ]] && echo 5 || echo 7)
-  timeout 60 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+  timeout 40 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
   grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
 done
 
 echo "== moe_bench_cuda"
-timeout 200 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+timeout 170 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+
+echo "== moe_bench_cuda --tiles 64: the 64-row tensor-core tiles instead of the pipelined ones"
+timeout 60 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
+  tee "$out/bench_tiles64.txt"
 
 echo "== PyTorch torch._grouped_mm pipeline, same shapes"
-PYTHONUNBUFFERED=1 timeout 120 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
+PYTHONUNBUFFERED=1 timeout 90 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
   tee "$out/torch.txt"
