@@ -2,10 +2,11 @@
 // copies of the pipelined tiles (cp.async, sm_80 and later: a copy runs while the thread goes on,
 // and a thread waits for its own earlier groups of copies), and the block's dynamic shared memory.
 //
-// In the CPU emulator (MOE_CUDA_EMULATION) a copy completes when it is issued, so the waits have
-// nothing to wait for; what the emulator still proves is that no thread overwrites a stage another
-// still reads (its reverse schedule, emulator.hpp) and the 16-byte alignment a GPU needs, which it
-// checks. That a wait covers the right groups it cannot prove: see wait_copies.
+// In the CPU emulator (MOE_CUDA_EMULATION) a copy lands at the wait that covers it (the latest a
+// GPU may land it) under its forward schedule, and when issued (the earliest) under its reverse
+// one (emulator.hpp), and the 16-byte alignment a GPU needs is checked: so a stage read before its
+// wait, a wait that counts the groups wrong, and a copy into a stage another warp still reads each
+// change a result.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -35,10 +36,7 @@ __device__ inline void copy16_async(void* dst, const void* src, bool full) {
 #if defined(MOE_CUDA_EMULATION)
   if (reinterpret_cast<std::uintptr_t>(dst) % 16 != 0 || reinterpret_cast<std::uintptr_t>(src) % 16 != 0)
     __trap();
-  if (full)
-    memcpy(dst, src, 16);
-  else
-    memset(dst, 0, 16);
+  moe_emulation::async_copy16(dst, src, full);
 #else
   const auto shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(src), "r"(full ? 16 : 0)
@@ -49,7 +47,9 @@ __device__ inline void copy16_async(void* dst, const void* src, bool full) {
 /// Closes the calling thread's group of copies started since the last commit (possibly none: an
 /// empty group keeps every thread's count of groups the same).
 __device__ inline void commit_copies() {
-#if !defined(MOE_CUDA_EMULATION)
+#if defined(MOE_CUDA_EMULATION)
+  moe_emulation::async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
@@ -59,7 +59,9 @@ __device__ inline void commit_copies() {
 /// are visible only after a barrier that follows their own wait.
 template <int kPending>
 __device__ inline void wait_copies() {
-#if !defined(MOE_CUDA_EMULATION)
+#if defined(MOE_CUDA_EMULATION)
+  moe_emulation::async_wait(kPending);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 #endif
 }

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <vector>
@@ -75,10 +77,25 @@ struct Barrier {
 
 constexpr std::size_t kStackBytes = 256 * 1024;
 
+/// One cp.async: 16 bytes from src to dst, or 16 zeros (full false).
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  bool full;
+  void land() const {
+    if (full)
+      std::memcpy(dst, src, 16);
+    else
+      std::memset(dst, 0, 16);
+  }
+};
+
 struct Fiber {
   void* stack_base = nullptr;  // mmap'd, lowest page a guard
   void* sp = nullptr;
   bool done = false;
+  std::vector<AsyncCopy> open_group;             // copies since the last commit
+  std::deque<std::vector<AsyncCopy>> in_flight;  // committed groups, oldest first
 #if defined(MOE_EMU_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -134,6 +151,10 @@ extern "C" [[noreturn]] void moe_emu_fiber_entry() {
 #endif
   (*g_block.body)();
   Fiber& f = current_fiber();
+  const bool copies_in_flight =
+      !f.open_group.empty() || std::any_of(f.in_flight.begin(), f.in_flight.end(),
+                                           [](const std::vector<AsyncCopy>& g) { return !g.empty(); });
+  if (copies_in_flight) fail("a thread exited with cp.async copies it never waited for");
   f.done = true;
   ++g_block.events;
   // An exited thread leaves the block barrier; a warp op waiting on it is a bug in the kernel.
@@ -166,6 +187,8 @@ void prepare(Fiber& f) {
   for (int i = 3; i <= 8; ++i) top[-i] = 0;  // rbp, rbx, r12..r15
   f.sp = &top[-8];
   f.done = false;
+  f.open_group.clear();
+  f.in_flight.clear();
 }
 
 }  // namespace
@@ -253,6 +276,32 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::functi
 }
 
 void trap(const char* what) { fail(what); }
+
+// cp.async. Under kForward a copy lands at the wait that covers it, the latest a GPU may land it,
+// so a stage read before its wait reads the 0xff bytes of fresh shared memory or an older stage;
+// under kReverse it lands when issued, the earliest, so a copy into a stage another warp still
+// reads changes what that warp reads.
+void async_copy16(void* dst, const void* src, bool full) {
+  const AsyncCopy copy{dst, src, full};
+  if (g_schedule == Schedule::kReverse)
+    copy.land();
+  else
+    current_fiber().open_group.push_back(copy);
+}
+
+void async_commit() {
+  Fiber& f = current_fiber();
+  f.in_flight.push_back(std::move(f.open_group));
+  f.open_group.clear();
+}
+
+void async_wait(int pending) {
+  Fiber& f = current_fiber();
+  while (f.in_flight.size() > static_cast<std::size_t>(pending)) {
+    for (const AsyncCopy& c : f.in_flight.front()) c.land();
+    f.in_flight.pop_front();
+  }
+}
 
 void sync_block() { wait(g_block.barrier); }
 

@@ -138,6 +138,13 @@ bool valid_launch(dim3 grid, dim3 block, std::size_t shared_bytes, const void* k
 void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::function<void()>& body);
 /// The running block's dynamic shared memory (128-byte aligned).
 unsigned char* dynamic_shared();
+/// cp.async for the calling thread (copy.cuh): a 16-byte copy (16 zeros when !full), closing the
+/// thread's group of copies, and waiting until at most `pending` of its groups are in flight. A
+/// copy lands at the wait that covers it under Schedule::kForward and when issued under kReverse;
+/// a thread that exits with copies in flight stops the program.
+void async_copy16(void* dst, const void* src, bool full);
+void async_commit();
+void async_wait(int pending);
 /// The order the emulator runs a grid's blocks and a block's threads in. Fibers switch only at
 /// barriers (the block's, or a warp's intrinsics), so in one barrier interval the first thread to
 /// run sees none of the others' writes of that interval and the last sees all of them.
