@@ -67,6 +67,13 @@ timeout 40 compute-sanitizer --tool racecheck --error-exitcode 9 "$test_bin" \
   tee "$out/racecheck.txt" | tail -8
 echo "racecheck exit: ${PIPESTATUS[0]}"
 
+echo "== SASS of the benchmark's kernels: tensor-core products, shared-memory matrix loads, async copies, local memory"
+# The pipelined tiles should show HMMA, LDSM and LDGSTS and no local memory (LDL/STL: spills).
+timeout 30 cuobjdump --dump-sass "$bench_bin" >"$out/sass.txt" 2>&1
+awk '/Function :/ { name = $3 } /HMMA/ { h[name]++ } /LDSM/ { l[name]++ } /LDGSTS/ { a[name]++ }
+  /LDL|STL/ { s[name]++ } END { for (n in h) printf "HMMA %4d  LDSM %4d  LDGSTS %3d  LDL/STL %3d  %s\n", h[n], l[n], a[n], s[n], n }' \
+  "$out/sass.txt" | sort -k10
+
 echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
 # A forward is 5 kernels at T = 1 (route, group, and the matrix-vector pair, combine), 7 at T = 2048.
 for t in 1 2048; do
@@ -77,7 +84,7 @@ for t in 1 2048; do
 done
 
 echo "== moe_bench_cuda"
-timeout 170 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+timeout 160 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
 
 echo "== moe_bench_cuda --tiles 64: the 64-row tensor-core tiles instead of the pipelined ones"
 timeout 60 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
