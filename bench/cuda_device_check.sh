@@ -52,24 +52,24 @@ if ! starts "$bench_bin" --help; then
 fi
 
 echo "== GPU tests"
-timeout 90 "$test_bin" 2>&1 | tee "$out/test.txt" | tail -30
+timeout 80 "$test_bin" 2>&1 | tee "$out/test.txt" | tail -30
 echo "test exit: ${PIPESTATUS[0]}"
 
 echo "== memcheck (small cases)"
-timeout 45 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
+timeout 40 compute-sanitizer --tool memcheck --error-exitcode 9 "$test_bin" \
   "CUDA layer: d and m not multiples of the tiles or of the 16-byte vectors" \
   "CUDA layer: N = 256, k = 8, most experts empty at T = 7" 2>&1 | tee "$out/memcheck.txt" | tail -8
 echo "memcheck exit: ${PIPESTATUS[0]}"
 
 echo "== racecheck (shared memory; the pipelined tiles' stages and epilogue)"
-timeout 40 compute-sanitizer --tool racecheck --error-exitcode 9 "$test_bin" \
+timeout 35 compute-sanitizer --tool racecheck --error-exitcode 9 "$test_bin" \
   "CUDA layer: every token on one bf16 expert: whole and partial 128-row tiles" 2>&1 |
   tee "$out/racecheck.txt" | tail -8
 echo "racecheck exit: ${PIPESTATUS[0]}"
 
 echo "== SASS of the benchmark's kernels: tensor-core products, shared-memory matrix loads, async copies, local memory"
 # The pipelined tiles should show HMMA, LDSM and LDGSTS and no local memory (LDL/STL: spills).
-timeout 30 cuobjdump --dump-sass "$bench_bin" >"$out/sass.txt" 2>&1
+timeout 20 cuobjdump --dump-sass "$bench_bin" >"$out/sass.txt" 2>&1
 awk '/Function :/ { name = $3 } /HMMA/ { h[name]++ } /LDSM/ { l[name]++ } /LDGSTS/ { a[name]++ }
   /LDL|STL/ { s[name]++ } END { for (n in h) printf "HMMA %4d  LDSM %4d  LDGSTS %3d  LDL/STL %3d  %s\n", h[n], l[n], a[n], s[n], n }' \
   "$out/sass.txt" | sort -k10
@@ -78,18 +78,24 @@ echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
 # A forward is 5 kernels at T = 1 (route, group, and the matrix-vector pair, combine), 7 at T = 2048.
 for t in 1 2048; do
   launches=$([[ $t == 1 ]] && echo 5 || echo 7)
-  timeout 40 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+  timeout 35 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
   grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
 done
 
 echo "== moe_bench_cuda"
-timeout 160 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+timeout 150 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
 
 echo "== moe_bench_cuda --tiles 64: the 64-row tensor-core tiles instead of the pipelined ones"
-timeout 60 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
+timeout 50 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
   tee "$out/bench_tiles64.txt"
 
+echo "== moe_bench_cuda --few-rows 4, and 0: experts with more than 4 rows, or all, on the tiles"
+for r in 4 0; do
+  timeout 25 "$bench_bin" --few-rows $r --tokens 16,64,256 --no-dense --json "$out/moe_cuda_few$r.json" 2>&1 |
+    tee "$out/bench_few$r.txt"
+done
+
 echo "== PyTorch torch._grouped_mm pipeline, same shapes"
-PYTHONUNBUFFERED=1 timeout 90 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
+PYTHONUNBUFFERED=1 timeout 80 python3 bench/peer_torch_cuda.py --moe-json "$out/moe_cuda.json" 2>&1 |
   tee "$out/torch.txt"

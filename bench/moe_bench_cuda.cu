@@ -3,7 +3,9 @@
 // Shapes: LLaMA-MoE-3.5B (d = 4096, m = 1376, N = 8, k = 2) and, for comparison, the dense
 // LLaMA-2-7B FFN run as one expert (m = 11008, N = 1, k = 1), expert weights bf16 (and f32 with
 // --weights both), for T tokens per forward. --tiles 64 makes bf16 layers take the 64-row
-// tensor-core tiles (expert_mma.cuh) instead of the pipelined 128-row ones, to time the two.
+// tensor-core tiles (expert_mma.cuh) instead of the pipelined 128-row ones, and --few-rows R sends
+// experts with more than R rows (default 16) to the tiles, to time where the matrix-vector and the
+// tile kernels should meet.
 //
 // Timing: each forward is captured in a CUDA graph and replayed; CUDA events around a batch of
 // replays, the median of the batches' per-forward times. The replays rotate over 8 different inputs
@@ -75,11 +77,12 @@ struct Result {
 
 template <class W>
 void run_shape(const std::string& name, Index d, Index m, int n, int k,
-               const std::vector<Index>& token_counts, int batches, cuda::TileKernels tiles,
+               const std::vector<Index>& token_counts, int batches, cuda::TileKernels tiles, int few_rows,
                std::vector<Result>& out) {
   const MoELayer<float, W> layer = make_layer<W>(d, m, n, k);
   cuda::DeviceMoELayer<W> gpu(layer);
   gpu.set_tile_kernels(tiles);
+  gpu.set_few_rows(few_rows);
   const Index max_t = *std::max_element(token_counts.begin(), token_counts.end());
   gpu.reserve(max_t);
   constexpr int kInputs = 8;
@@ -162,7 +165,7 @@ std::vector<Index> parse_list(const std::string& s) {
 int main(int argc, char** argv) try {
   std::vector<Index> tokens{1, 16, 64, 256, 2048, 8192};
   std::string weights = "bf16", json, tiles = "auto";
-  int batches = 15;
+  int batches = 15, few_rows = cuda::kFewRows;
   bool dense = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -180,12 +183,14 @@ int main(int argc, char** argv) try {
       json = value();
     else if (a == "--tiles")
       tiles = value();
+    else if (a == "--few-rows")
+      few_rows = std::stoi(value());
     else if (a == "--no-dense")
       dense = false;
     else {
       std::printf(
           "usage: moe_bench_cuda [--tokens 1,16,64,256,2048,8192] [--weights bf16|f32|both] [--batches 15]\n"
-          "                      [--tiles auto|64] [--no-dense] [--json FILE]\n");
+          "                      [--tiles auto|64] [--few-rows 0..16] [--no-dense] [--json FILE]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -194,7 +199,10 @@ int main(int argc, char** argv) try {
   MOE_CHECK(batches >= 1, "moe_bench_cuda: --batches must be >= 1");
   MOE_CHECK(tiles == "auto" || tiles == "64", "moe_bench_cuda: --tiles is auto or 64, not '" << tiles << "'");
   const cuda::TileKernels tile_kernels = tiles == "64" ? cuda::TileKernels::k64 : cuda::TileKernels::kAuto;
-  const std::string tag_tiles = tiles == "64" ? "/tiles:64" : "";
+  MOE_CHECK(few_rows >= 0 && few_rows <= cuda::kFewRows,
+            "moe_bench_cuda: --few-rows is 0.." << cuda::kFewRows << ", not " << few_rows);
+  const std::string tag_tiles = std::string(tiles == "64" ? "/tiles:64" : "") +
+                                (few_rows != cuda::kFewRows ? "/few:" + std::to_string(few_rows) : "");
   if (cuda::device_count() == 0) {
     std::printf("SKIPPED: no CUDA device\n");
     return 77;
@@ -207,10 +215,10 @@ int main(int argc, char** argv) try {
   const auto shapes = [&](auto w, const char* tag) {
     using W = decltype(w);
     run_shape<W>(std::string("moe/d:4096/m:1376/N:8/k:2/w:") + tag + tag_tiles, 4096, 1376, 8, 2, tokens,
-                 batches, tile_kernels, results);
+                 batches, tile_kernels, few_rows, results);
     if (dense)
       run_shape<W>(std::string("dense/d:4096/dh:11008/w:") + tag + tag_tiles, 4096, 11008, 1, 1, tokens,
-                   batches, tile_kernels, results);
+                   batches, tile_kernels, few_rows, results);
   };
   if (weights != "f32") shapes(Eigen::bfloat16{}, "bf16");
   if (weights != "bf16") shapes(float{}, "f32");

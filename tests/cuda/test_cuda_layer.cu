@@ -40,11 +40,14 @@ RowMatrix<float> input(Index tokens, Index d, std::uint64_t seed) {
 }
 
 /// The GPU forward of x, its routing, and the CPU layer's forward_routed on that same routing.
+/// few_rows: DeviceMoELayer::set_few_rows.
 template <class W>
-void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t seed) {
-  INFO("N=" << layer.num_experts() << " k=" << layer.top_k() << " d=" << layer.model_dim()
-            << " T=" << tokens);
+void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t seed,
+                 int few_rows = cuda::kFewRows) {
+  INFO("N=" << layer.num_experts() << " k=" << layer.top_k() << " d=" << layer.model_dim() << " T=" << tokens
+            << " few_rows=" << few_rows);
   cuda::DeviceMoELayer<W> gpu(layer);
+  gpu.set_few_rows(few_rows);
   const RowMatrix<float> x = input(tokens, layer.model_dim(), seed);
   RowMatrix<float> y(tokens, layer.model_dim()), again(tokens, layer.model_dim());
   gpu.forward(x, y);
@@ -73,9 +76,8 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   RowMatrix<float> cpu_y(tokens, layer.model_dim());
   MoEWorkspace<float> ws;
   layer.forward_routed(x, ids, weights, cpu_y, ws);
-  const bool tensor_cores = !std::is_same_v<W, float> && std::any_of(counts.begin(), counts.end(), [](int c) {
-    return c > cuda::kFewRows;
-  });
+  const bool tensor_cores = !std::is_same_v<W, float> &&
+                            std::any_of(counts.begin(), counts.end(), [&](int c) { return c > few_rows; });
   const double u = std::is_same_v<W, Eigen::bfloat16> ? 0x1p-9 : 0x1p-11;
   CHECK(testutil::rel_err(y, cpu_y) <= (tensor_cores ? 4 * u : 1e-5));
 
@@ -185,6 +187,22 @@ TEST_CASE("CUDA layer: every token on one bf16 expert: whole and partial 128-row
                                                MoEConfig{1});
   for (Index t : {cuda::kFewRows + 1, cuda::kPipeTileRows, cuda::kPipeTileRows + 1, 3 * cuda::kPipeTileRows})
     check_layer(layer, t, 30 + static_cast<std::uint64_t>(t));
+}
+
+TEST_CASE("CUDA layer: set_few_rows moves experts between the matrix-vector and the tile kernels", "[cuda]") {
+  // 0: every expert on the tiles, at T = 1 too; 4: experts with 5..16 rows move to the tiles.
+  const auto f32 = cudatest::random_layer(128, 64, 8, 2, 22);
+  const auto bf16 = cudatest::random_layer<Eigen::bfloat16>(128, 64, 8, 2, 22);
+  for (int few_rows : {0, 4}) {
+    for (Index t : {1, 7, 64}) {
+      check_layer(f32, t, 50 + static_cast<std::uint64_t>(t), few_rows);
+      check_layer(bf16, t, 60 + static_cast<std::uint64_t>(t), few_rows);
+    }
+  }
+  cuda::DeviceMoELayer<float> gpu(f32);
+  CHECK(gpu.few_rows() == cuda::kFewRows);
+  CHECK_THROWS_WITH(gpu.set_few_rows(-1), Contains("set_few_rows(-1)"));
+  CHECK_THROWS_WITH(gpu.set_few_rows(cuda::kFewRows + 1), Contains("expected 0..16"));
 }
 
 TEST_CASE("CUDA layer: bf16 and fp16 expert weights (tensor cores past kFewRows rows)", "[cuda]") {

@@ -175,6 +175,17 @@ class DeviceMoELayer {
 
   /// Chooses the tensor-core tiles (TileKernels) for the forwards queued after this call.
   void set_tile_kernels(TileKernels tiles) { tiles_ = tiles; }
+  /// Experts with 1..rows rows take the matrix-vector kernels and the others the tiles, in the
+  /// forwards queued after this call; 0 <= rows <= kFewRows (the default), 0: every expert on the
+  /// tiles. A tuning knob, there so that one binary can time where the two paths should meet
+  /// (moe_bench_cuda --few-rows): each matrix-vector warp reads its expert's float activation rows
+  /// for every output column, which at many rows may cost more than a tile's unused rows.
+  void set_few_rows(int rows) {
+    MOE_CHECK(rows >= 0 && rows <= kFewRows,
+              "CUDA MoE layer: set_few_rows(" << rows << "), expected 0.." << kFewRows);
+    few_rows_ = rows;
+  }
+  int few_rows() const { return few_rows_; }
   /// Whether forwards take the pipelined 128-row tiles past kFewRows rows (bf16/fp16 weights, d and
   /// every m_e multiples of 8, TileKernels::kAuto).
   bool pipelined_tiles() const { return pipelined_fits_ && tiles_ == TileKernels::kAuto; }
@@ -215,30 +226,33 @@ class DeviceMoELayer {
     last_tokens_ = tokens;
     if (tokens == 0) return;
     const long long t = tokens, pairs = t * k_, d = d_;
-    // At most pairs / (kFewRows + 1) experts have more than kFewRows rows (the tile path); none at
-    // decode (T = 1..8 at k = 2), where the tile kernels are not launched at all.
-    const long long tile_experts = std::min<long long>(n_, pairs / (kFewRows + 1));
+    // At most pairs / (few_rows_ + 1) experts have more than few_rows_ rows (the tile path); by
+    // default none at decode (T = 1..8 at k = 2), where the tile kernels are not launched at all.
+    const long long tile_experts = std::min<long long>(n_, pairs / (few_rows_ + 1));
     const bool pipelined = pipelined_tiles() && tile_experts > 0;
     const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
     launch(kernels::route_tokens<DW>, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_,
            opt_, logits_.data(), ids_.data(), weights_.data(), pipelined ? x_rounded_.data() : nullptr);
     launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, tile_rows,
-           kFewRows, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
+           few_rows_, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
            num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
-    // Experts with 1..kFewRows rows: matrix-vector products (expert_gemv.cuh). At most
+    // Experts with 1..few_rows_ rows: matrix-vector products (expert_gemv.cuh). At most
     // min(N, pairs) experts have rows: the grid is sized without reading the counts back.
-    const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
     const bool vec_x = d % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-    const dim3 few_hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
-    const dim3 few_down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
-    launch(vec_x ? kernels::expert_hidden_swiglu_few<DW, true> : kernels::expert_hidden_swiglu_few<DW, false>,
-           few_hidden_grid, kGemvWarps * 32, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
-           few_experts_.data(), num_few_.data(), h_.data(), ldh_);
-    launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
-           few_down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
-           num_few_.data(), y_rows_.data());
+    if (few_rows_ > 0) {
+      const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
+      const dim3 hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
+      const dim3 down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
+      launch(
+          vec_x ? kernels::expert_hidden_swiglu_few<DW, true> : kernels::expert_hidden_swiglu_few<DW, false>,
+          hidden_grid, kGemvWarps * 32, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+          few_experts_.data(), num_few_.data(), h_.data(), ldh_);
+      launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
+             down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
+             num_few_.data(), y_rows_.data());
+    }
     // The other experts: row tiles (expert_mma_pipelined.cuh or expert_mma.cuh for bf16/fp16,
     // expert_gemm.cuh for float), at most pairs / tile_rows of them plus one partial tile per expert.
     if (tile_experts > 0) {
@@ -377,6 +391,7 @@ class DeviceMoELayer {
   bool vec_hidden_ = true;       ///< every m_e a whole number of 16-byte weight vectors
   bool pipelined_fits_ = false;  ///< 16-bit weights, d and every m_e multiples of 8
   TileKernels tiles_ = TileKernels::kAuto;
+  int few_rows_ = kFewRows;  ///< experts with 1..few_rows_ rows take the matrix-vector kernels
   Index capacity_ = 0;
   Index last_tokens_ = -1;  ///< T of the last forward queued; -1 before the first
   DeviceRouterOptions opt_;
