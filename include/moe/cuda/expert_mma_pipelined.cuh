@@ -26,6 +26,7 @@
 
 #include "moe/cuda/copy.cuh"
 #include "moe/cuda/expert_gemm.cuh"
+#include "moe/cuda/expert_mma.cuh"
 #include "moe/cuda/round_to.cuh"
 #include "moe/math.hpp"
 
@@ -51,11 +52,9 @@ constexpr int kScratchLd = 20;  // a warp's 16 x 16 float staging tile for the e
 static_assert(kCols == kPipeTileRows, "a thread copies the same rows of A and of B");
 static_assert(kDepth % 16 == 0 && kPipeThreads % kChunks == 0 && kPipeTileRows % kRowsPerPass == 0);
 
-template <class T16>
-using AFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T16, nvcuda::wmma::row_major>;
-template <class T16>
-using BFrag = nvcuda::wmma::fragment<nvcuda::wmma::matrix_b, 16, 16, 16, T16, nvcuda::wmma::col_major>;
-using CFrag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+using mma_tile::AFrag;  // the 64-row tiles' WMMA fragment types (expert_mma.cuh)
+using mma_tile::BFrag;
+using mma_tile::CFrag;
 
 /// The rows this thread copies into every stage: A row r = tid / kChunks + kRowsPerPass·i (a token
 /// row of the tile, k contiguous) and B row r (a weight column, k contiguous), each null past the
