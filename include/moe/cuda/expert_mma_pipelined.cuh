@@ -132,18 +132,20 @@ __device__ inline void multiply_tiles(T16* smem, const StageRows<T16>& rows, lon
   __syncthreads();
 }
 
-/// Hands a warp's 16 x 16 accumulator tile to its lanes as rows: stores f to the warp's scratch,
-/// then lane l reads row l / 2, columns 8·(l % 2) .. + 8 into v. The caller writes v out, then calls
-/// release() before the scratch is reused.
-__device__ inline void fragment_row(float* scratch, const CFrag& f, float (&v)[8], int& row, int& col) {
+/// Writes a warp's 16 x 16 accumulator tile f, element (i, j) the output (r0 + i, c0 + j), by
+/// rows: f goes through the warp's scratch, then lane l hands row l / 2, columns 8·(l % 2) .. + 8,
+/// to write(r, c, v) if r < rows and c < cols (cols a multiple of 8: the 8 are all in or all out).
+template <class Write>
+__device__ inline void write_fragment(float* scratch, const CFrag& f, long long r0, long long c0,
+                                      long long rows, long long cols, Write write) {
   nvcuda::wmma::store_matrix_sync(scratch, f, kScratchLd, nvcuda::wmma::mem_row_major);
   __syncwarp();
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  row = lane / 2;
-  col = lane % 2 * 8;
+  const int lane = static_cast<int>(threadIdx.x % 32), row = lane / 2, col = lane % 2 * 8;
+  float v[8];
 #pragma unroll
   for (int e = 0; e < 8; ++e) v[e] = scratch[row * kScratchLd + col + e];
   __syncwarp();  // every lane has read the scratch before the next fragment overwrites it
+  if (r0 + row < rows && c0 + col < cols) write(r0 + row, c0 + col, v);
 }
 }  // namespace pipe
 
@@ -190,7 +192,7 @@ __global__ void __launch_bounds__(kPipeThreads)
   multiply_tiles(smem, rows, d, wr, b_row, acc);
 
   // SwiGLU on the fragments (gate and up fragments of the same tile hold the same elements), then
-  // each lane writes 8 rounded values of a row: one 16-byte store.
+  // each lane writes 8 rounded values of a row: one 16-byte store (m a multiple of 8).
   float* scratch = reinterpret_cast<float*>(smem) + warp * 16 * kScratchLd;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
@@ -198,18 +200,15 @@ __global__ void __launch_bounds__(kPipeThreads)
     for (int j = 0; j < 2; ++j) {
       CFrag hf;
       for (int t = 0; t < hf.num_elements; ++t) hf.x[t] = acc[i][j + 2].x[t] * silu(acc[i][j].x[t]);
-      float v[8];
-      int row = 0, col = 0;
-      fragment_row(scratch, hf, v, row, col);
-      const long long r = wr + 16 * i + row, c = c0 + wc + 16 * j + col;
-      if (r < tile.rows && c < m) {  // m a multiple of 8: the 8 columns are all in or all out
-        T16 out[8];
+      write_fragment(scratch, hf, wr + 16 * i, c0 + wc + 16 * j, tile.rows, m,
+                     [&](long long r, long long c, const float(&v)[8]) {
+                       T16 out[8];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = round_to<T16>(v[e]);
-        uint4 packed;
-        memcpy(&packed, out, sizeof packed);
-        store16(h + (tile.row0 + r) * ldh + c, packed);
-      }
+                       for (int e = 0; e < 8; ++e) out[e] = round_to<T16>(v[e]);
+                       uint4 packed;
+                       memcpy(&packed, out, sizeof packed);
+                       store16(h + (tile.row0 + r) * ldh + c, packed);
+                     });
     }
 }
 
@@ -247,19 +246,15 @@ __global__ void __launch_bounds__(kPipeThreads)
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float v[8];
-      int row = 0, col = 0;
-      fragment_row(scratch, acc[i][j], v, row, col);
-      const long long r = wr + 16 * i + row, c = c0 + wc + 16 * j + col;
-      if (r < tile.rows && c < d) {  // d a multiple of 8
-        uint4 packed[2];
-        memcpy(packed, v, sizeof packed);
-        float* out = y_rows + (tile.row0 + r) * d + c;
-        store16(out, packed[0]);
-        store16(out + 4, packed[1]);
-      }
-    }
+    for (int j = 0; j < 4; ++j)
+      write_fragment(scratch, acc[i][j], wr + 16 * i, c0 + wc + 16 * j, tile.rows, d,
+                     [&](long long r, long long c, const float(&v)[8]) {
+                       uint4 packed[2];
+                       memcpy(packed, v, sizeof packed);
+                       float* out = y_rows + (tile.row0 + r) * d + c;
+                       store16(out, packed[0]);
+                       store16(out + 4, packed[1]);
+                     });
 }
 
 }  // namespace kernels
