@@ -2,6 +2,8 @@
 // memory on the host heap, streams that run their work at once or record it into a graph.
 #include "emulator.hpp"
 
+#include "cuda_fp16.h"  // __half, for the fp16 wgmma operands
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -90,12 +92,23 @@ struct AsyncCopy {
   }
 };
 
+/// One wgmma.mma_async (emulator.hpp): runs when a wait covers it (kForward) or when issued.
+struct Wgmma {
+  float* d;
+  int n;
+  std::uint64_t desc_a, desc_b;
+  bool bf16;
+  void run() const;
+};
+
 struct Fiber {
   void* stack_base = nullptr;  // mmap'd, lowest page a guard
   void* sp = nullptr;
   bool done = false;
   std::vector<AsyncCopy> open_group;             // copies since the last commit
   std::deque<std::vector<AsyncCopy>> in_flight;  // committed groups, oldest first
+  std::vector<Wgmma> mma_open;                   // wgmma products since the last commit
+  std::deque<std::vector<Wgmma>> mma_in_flight;  // committed groups of them, oldest first
 #if defined(MOE_EMU_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -152,6 +165,10 @@ void to_scheduler(bool finished) {
   return !f.open_group.empty() || std::any_of(f.in_flight.begin(), f.in_flight.end(),
                                               [](const std::vector<AsyncCopy>& g) { return !g.empty(); });
 }
+[[gnu::noinline]] bool products_in_flight(const Fiber& f) {
+  return !f.mma_open.empty() || std::any_of(f.mma_in_flight.begin(), f.mma_in_flight.end(),
+                                            [](const std::vector<Wgmma>& g) { return !g.empty(); });
+}
 
 extern "C" [[noreturn]] void moe_emu_fiber_entry() {
 #if defined(MOE_EMU_ASAN)
@@ -160,6 +177,7 @@ extern "C" [[noreturn]] void moe_emu_fiber_entry() {
   (*g_block.body)();
   Fiber& f = current_fiber();
   if (copies_in_flight(f)) fail("a thread exited with cp.async copies it never waited for");
+  if (products_in_flight(f)) fail("a thread exited with wgmma products it never waited for");
   f.done = true;
   ++g_block.events;
   // An exited thread leaves the block barrier; a warp op waiting on it is a bug in the kernel.
@@ -194,6 +212,8 @@ void prepare(Fiber& f) {
   f.done = false;
   f.open_group.clear();
   f.in_flight.clear();
+  f.mma_open.clear();
+  f.mma_in_flight.clear();
 }
 
 }  // namespace
@@ -205,6 +225,7 @@ constexpr std::size_t kDefaultSharedLimit = 48 * 1024;  // without cudaFuncSetAt
 constexpr int kMaxSharedOptIn = 227 * 1024;             // sm_90's per-block maximum
 std::map<const void*, std::size_t> g_shared_limit;      // kernels whose limit was raised
 unsigned char* g_dynamic_shared = nullptr;              // the running block's dynamic shared memory
+std::size_t g_dynamic_shared_bytes = 0;
 }  // namespace
 
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
@@ -221,6 +242,7 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::functi
   std::unique_ptr<unsigned char, decltype(&std::free)> shared(
       static_cast<unsigned char*>(std::aligned_alloc(128, (shared_bytes + 127) / 128 * 128)), &std::free);
   g_dynamic_shared = shared_bytes ? shared.get() : nullptr;
+  g_dynamic_shared_bytes = shared_bytes;
   const unsigned threads = block.x, warps = (threads + 31) / 32;
   Block& b = g_block;
   while (b.fibers.size() < threads) {
@@ -308,6 +330,75 @@ void async_wait(int pending) {
   }
 }
 
+unsigned shared_address(const void* p) {
+  const auto* byte = static_cast<const unsigned char*>(p);
+  if (!g_dynamic_shared || byte < g_dynamic_shared || byte >= g_dynamic_shared + g_dynamic_shared_bytes)
+    fail("a shared-memory address of memory outside the block's dynamic shared memory");
+  return static_cast<unsigned>(byte - g_dynamic_shared);
+}
+
+namespace {
+/// The 16-bit value at row r, column k (k < 16) of the K-major, unswizzled operand whose shared
+/// memory matrix descriptor is desc: core matrices of 8 rows x 16 bytes, the two of a row group
+/// `leading` bytes apart, the row groups `stride` bytes apart (PTX ISA, wgmma's shared memory
+/// matrix layout).
+float operand(std::uint64_t desc, int r, int k, bool bf16) {
+  if (desc >> 62 != 0) fail("wgmma: a descriptor with a swizzle mode (the kernels use none)");
+  if ((desc >> 49 & 7) != 0) fail("wgmma: a descriptor with a base offset");
+  const std::size_t start = (desc & 0x3fff) << 4, leading = (desc >> 16 & 0x3fff) << 4,
+                    stride = (desc >> 32 & 0x3fff) << 4;
+  const std::size_t at = start + static_cast<std::size_t>(r / 8) * stride +
+                         static_cast<std::size_t>(k / 8) * leading + static_cast<std::size_t>(r % 8) * 16 +
+                         static_cast<std::size_t>(k % 8) * 2;
+  if (at + 2 > g_dynamic_shared_bytes) fail("wgmma: an operand outside the block's dynamic shared memory");
+  std::uint16_t bits = 0;
+  std::memcpy(&bits, g_dynamic_shared + at, sizeof bits);
+  if (bf16) {
+    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
+    float v = 0;
+    std::memcpy(&v, &wide, sizeof v);
+    return v;
+  }
+  __half h;
+  std::memcpy(&h, &bits, sizeof bits);
+  return __half2float(h);
+}
+}  // namespace
+
+void Wgmma::run() const {
+  const int t = static_cast<int>(threadIdx.x % 128), lane = t % 32;
+  for (int i = 0; i < n / 2; ++i) {
+    const int r = 16 * (t / 32) + lane / 4 + 8 * (i / 2 % 2), c = 8 * (i / 4) + 2 * (lane % 4) + i % 2;
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k)
+      acc = std::fma(operand(desc_a, r, k, bf16), operand(desc_b, c, k, bf16), acc);
+    d[i] = acc;
+  }
+}
+
+void wgmma_async(float* d, int n, std::uint64_t desc_a, std::uint64_t desc_b, bool bf16) {
+  if (blockDim.x % 128 != 0) fail("wgmma in a block that is not whole warpgroups");
+  const Wgmma product{d, n, desc_a, desc_b, bf16};
+  if (g_schedule == Schedule::kReverse)
+    product.run();
+  else
+    current_fiber().mma_open.push_back(product);
+}
+
+void wgmma_commit() {
+  Fiber& f = current_fiber();
+  f.mma_in_flight.push_back(std::move(f.mma_open));
+  f.mma_open.clear();
+}
+
+void wgmma_wait(int pending) {
+  Fiber& f = current_fiber();
+  while (f.mma_in_flight.size() > static_cast<std::size_t>(pending)) {
+    for (const Wgmma& p : f.mma_in_flight.front()) p.run();
+    f.mma_in_flight.pop_front();
+  }
+}
+
 void sync_block() { wait(g_block.barrier); }
 
 void sync_warp() {
@@ -382,6 +473,11 @@ void moe_emulation::enqueue(cudaStream_t stream, std::function<void()> op) {
 }
 
 using namespace moe_emulation;
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
 
 cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
@@ -543,6 +639,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (device != 0) return set(cudaErrorInvalidValue);
   *prop = {};
   std::snprintf(prop->name, sizeof prop->name, "moe CUDA emulator (CPU)");
+  prop->major = 9;
+  prop->minor = 0;
   prop->multiProcessorCount = 1;
   return cudaSuccess;
 }

@@ -81,11 +81,13 @@ using cudaEvent_t = CUevent_st*;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct cudaDeviceProp {
   char name[256];
+  int major, minor;  // compute capability: the emulator reports 9.0 (it runs the sm_90a kernels)
   int multiProcessorCount;
   int l2CacheSize;
 };
 
 // The runtime API calls moe and its tests make (emulator.cpp).
+cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaGetDeviceCount(int* n);
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorName(cudaError_t e);
@@ -145,6 +147,21 @@ unsigned char* dynamic_shared();
 void async_copy16(void* dst, const void* src, bool full);
 void async_commit();
 void async_wait(int pending);
+/// The byte offset of p in the running block's dynamic shared memory (the emulator's shared
+/// window: __cvta_generic_to_shared); stops the program if p is not in it.
+unsigned shared_address(const void* p);
+/// wgmma.mma_async m64nNk16 with f32 accumulators and both operands in shared memory, K-major,
+/// without swizzling (expert_mma_wgmma.cuh), for the calling thread of its warpgroup: d holds the
+/// thread's n / 2 accumulators in the instruction's layout (thread t: rows 16·(t / 32 % 4) +
+/// t % 32 / 4 (+ 8), columns 8·(i / 4) + 2·(t % 4) + i % 2). Each element adds its 16 products in
+/// k order, in float. The operands are read, and d written, when the wait that covers the
+/// instruction's group runs under Schedule::kForward (the latest a GPU may), when issued under
+/// kReverse (the earliest). The descriptors are checked: no swizzle, base offset 0, every core
+/// matrix inside the dynamic shared memory. A thread that exits with products in flight stops
+/// the program.
+void wgmma_async(float* d, int n, std::uint64_t desc_a, std::uint64_t desc_b, bool bf16);
+void wgmma_commit();
+void wgmma_wait(int pending);
 /// The order the emulator runs a grid's blocks and a block's threads in. Fibers switch only at
 /// barriers (the block's, or a warp's intrinsics), so in one barrier interval the first thread to
 /// run sees none of the others' writes of that interval and the last sees all of them.
