@@ -94,14 +94,26 @@ void check_layer(const MoELayer<float, W>& layer, Index tokens, std::uint64_t se
   // step in k order in float) that is the same bits; on a GPU the two kernels issue the same
   // tensor-core instructions in the same k order, but nothing documents the bits, so there they are
   // held to the bound above against each other.
+  // The same for the pipelined tiles' wgmma form, where this GPU and build have it (the emulator
+  // does), which must also give the same bits again under the reverse schedule.
   if (tensor_cores && gpu.pipelined_tiles()) {
     gpu.set_tile_kernels(cuda::TileKernels::k64);
     RowMatrix<float> tiles64(tokens, layer.model_dim());
     gpu.forward(x, tiles64);
+    RowMatrix<float> wgmma = y;
+    if (cuda::wgmma_available()) {
+      gpu.set_tile_kernels(cuda::TileKernels::kWgmma);
+      gpu.forward(x, wgmma);
+      const cudatest::ReversedSchedule reversed;
+      gpu.forward(x, again);
+      CHECK(testutil::bitwise_equal(wgmma, again));
+    }
 #if defined(MOE_CUDA_EMULATION)
     CHECK(testutil::bitwise_equal(y, tiles64));
+    CHECK(testutil::bitwise_equal(y, wgmma));
 #else
     CHECK(testutil::rel_err(tiles64, y) <= 4 * u);
+    CHECK(testutil::rel_err(wgmma, y) <= 4 * u);
 #endif
   }
 }
@@ -153,6 +165,27 @@ TEST_CASE("CUDA layer: the pipelined tiles take bf16/fp16 weights where d and ev
   CHECK(gpu.pipelined_tiles());
 }
 
+TEST_CASE("CUDA layer: TileKernels::kWgmma runs where the GPU has compute capability 9.0, else is refused",
+          "[cuda]") {
+  // This project's builds have sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a-real by default), so an
+  // H100/H200 must have the wgmma kernels; other GPUs refuse them with a message saying why.
+  cudaDeviceProp prop{};
+  REQUIRE(cudaGetDeviceProperties(&prop, 0) == cudaSuccess);
+  INFO("compute capability " << prop.major << "." << prop.minor);
+  using Bf16 = Eigen::bfloat16;
+  cuda::DeviceMoELayer<Bf16> gpu(cudatest::random_layer<Bf16>(64, 32, 4, 2, 21));
+  if (prop.major == 9 && prop.minor == 0) {
+    CHECK(cuda::wgmma_available());
+    gpu.set_tile_kernels(cuda::TileKernels::kWgmma);
+    CHECK(gpu.tile_kernels() == cuda::TileKernels::kWgmma);
+    CHECK(gpu.pipelined_tiles());
+  } else {
+    CHECK_FALSE(cuda::wgmma_available());
+    CHECK_THROWS_WITH(gpu.set_tile_kernels(cuda::TileKernels::kWgmma), Contains("compute capability 9.0"));
+    CHECK(gpu.tile_kernels() == cuda::TileKernels::kAuto);
+  }
+}
+
 TEST_CASE("CUDA layer: k from 1 to 8 of N = 8, renormalised weights too", "[cuda]") {
   for (int k = 1; k <= 8; ++k) {
     check_layer(cudatest::random_layer(128, 64, 8, k, 13), 64, 8);
@@ -185,7 +218,9 @@ TEST_CASE("CUDA layer: every token on one bf16 expert: whole and partial 128-row
         convert_weights<Eigen::bfloat16>(testutil::random_ffn<float>(64, 32, 40 + 3 * e, 0.05).view()));
   const MoELayer<float, Eigen::bfloat16> layer(std::move(experts), ColMatrix<float>::Zero(64, 4),
                                                MoEConfig{1});
-  for (Index t : {cuda::kFewRows + 1, cuda::kPipeTileRows, cuda::kPipeTileRows + 1, 3 * cuda::kPipeTileRows})
+  // 64 and 65 rows: the wgmma tiles multiply one 64-row half, then both.
+  for (Index t : {cuda::kFewRows + 1, cuda::kPipeTileRows / 2, cuda::kPipeTileRows / 2 + 1,
+                  cuda::kPipeTileRows, cuda::kPipeTileRows + 1, 3 * cuda::kPipeTileRows})
     check_layer(layer, t, 30 + static_cast<std::uint64_t>(t));
 }
 

@@ -7,7 +7,8 @@
 // the gate-up product with SwiGLU and the down product — matrix-vector kernels for the experts with at most
 // kFewRows rows (expert_gemv.cuh), grouped tiles for the others (on the tensor cores for bf16 and fp16
 // weights, with the activations rounded to the weights' type: pipelined 128-row tiles,
-// expert_mma_pipelined.cuh, where d and every m_e are multiples of 8, else 64-row tiles, expert_mma.cuh;
+// expert_mma_pipelined.cuh (or, opted in, their wgmma form for H100/H200, expert_mma_wgmma.cuh),
+// where d and every m_e are multiples of 8, else 64-row tiles, expert_mma.cuh;
 // on the CUDA cores in float for float weights, expert_gemm.cuh) — and the weighted combine with the
 // N/k rescale (combine.cuh).
 // forward(device pointers) copies nothing to the host and allocates nothing, so it can be captured in a CUDA
@@ -39,6 +40,7 @@
 #include "moe/cuda/expert_gemv.cuh"
 #include "moe/cuda/expert_mma.cuh"
 #include "moe/cuda/expert_mma_pipelined.cuh"
+#include "moe/cuda/expert_mma_wgmma.cuh"
 #include "moe/cuda/permute.cuh"
 #include "moe/cuda/routing.cuh"
 #include "moe/moe_layer.hpp"
@@ -60,10 +62,13 @@ struct DeviceScalar<Eigen::half> {
 };
 
 /// Which tensor-core tiles take the bf16/fp16 experts with more than kFewRows rows. kAuto: the
-/// pipelined 128-row tiles (expert_mma_pipelined.cuh) where d and every m_e are multiples of 8,
-/// else the 64-row tiles (expert_mma.cuh). k64: the 64-row tiles always — kept so that one binary
-/// can time both on a GPU (moe_bench_cuda --tiles 64). Float weights ignore it.
-enum class TileKernels { kAuto, k64 };
+/// pipelined 128-row tiles (expert_mma_pipelined.cuh, WMMA) where d and every m_e are multiples of
+/// 8, else the 64-row tiles (expert_mma.cuh). k64: the 64-row tiles always. kWgmma: the pipelined
+/// tiles on Hopper's wgmma (expert_mma_wgmma.cuh) where kAuto takes the pipelined ones; needs a
+/// compute capability 9.0 GPU and a build with sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a-real,
+/// this project's default). k64 and kWgmma are there so that one binary can time the three on a
+/// GPU (moe_bench_cuda --tiles); none has been timed yet. Float weights ignore the choice.
+enum class TileKernels { kAuto, k64, kWgmma };
 
 /// Throws moe::Error naming the first thing about `layer` the CUDA path does not implement.
 template <class W>
@@ -173,8 +178,29 @@ class DeviceMoELayer {
   Index capacity() const { return capacity_; }  ///< tokens the workspace holds
   cudaStream_t stream() const { return stream_; }
 
-  /// Chooses the tensor-core tiles (TileKernels) for the forwards queued after this call.
-  void set_tile_kernels(TileKernels tiles) { tiles_ = tiles; }
+  /// Chooses the tensor-core tiles (TileKernels) for the forwards queued after this call. Throws
+  /// moe::Error for kWgmma where this binary has no wgmma code for the current GPU (it asks the
+  /// GPU once: a launch and a synchronising copy).
+  void set_tile_kernels(TileKernels tiles) {
+    if constexpr (!std::is_same_v<DW, float>) {
+      if (tiles == TileKernels::kWgmma && !wgmma_ready_) {
+        MOE_CHECK(wgmma_available(),
+                  "CUDA MoE layer: TileKernels::kWgmma needs a compute capability 9.0 GPU (H100/H200) and a "
+                  "build with sm_90a code (CMAKE_CUDA_ARCHITECTURES 90a-real, or nvcc "
+                  "-gencode=arch=compute_90a,code=sm_90a)");
+        // 96 KB of shared memory: over a launch's default 48 KB.
+        MOE_CUDA_CHECK(cudaFuncSetAttribute(kernels::expert_hidden_swiglu_wgmma<DW>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kernels::kWgmmaSharedBytes));
+        MOE_CUDA_CHECK(cudaFuncSetAttribute(kernels::expert_down_wgmma<DW>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kernels::kWgmmaSharedBytes));
+        wgmma_ready_ = true;
+      }
+    }
+    tiles_ = tiles;
+  }
+  TileKernels tile_kernels() const { return tiles_; }
   /// Experts with 1..rows rows take the matrix-vector kernels and the others the tiles, in the
   /// forwards queued after this call; 0 <= rows <= kFewRows (the default), 0: every expert on the
   /// tiles. A tuning knob, there so that one binary can time where the two paths should meet
@@ -186,9 +212,9 @@ class DeviceMoELayer {
     few_rows_ = rows;
   }
   int few_rows() const { return few_rows_; }
-  /// Whether forwards take the pipelined 128-row tiles past kFewRows rows (bf16/fp16 weights, d and
-  /// every m_e multiples of 8, TileKernels::kAuto).
-  bool pipelined_tiles() const { return pipelined_fits_ && tiles_ == TileKernels::kAuto; }
+  /// Whether forwards take the pipelined 128-row tiles, WMMA or wgmma, past kFewRows rows
+  /// (bf16/fp16 weights, d and every m_e multiples of 8, TileKernels kAuto or kWgmma).
+  bool pipelined_tiles() const { return pipelined_fits_ && tiles_ != TileKernels::k64; }
 
   /// Sizes the workspace for up to `tokens` tokens per forward (allocates; forward never does).
   void reserve(Index tokens) {
@@ -263,13 +289,16 @@ class DeviceMoELayer {
         if (pipelined) {  // x rounded by route_tokens; h written rounded, in h_rounded_
           using kernels::pipe::kCols;
           const dim3 grid(row_tiles, static_cast<unsigned>((max_hidden_ + kCols / 2 - 1) / (kCols / 2)));
-          launch_with_shared(kernels::expert_hidden_swiglu_pipelined<DW>, grid, kPipeThreads,
-                             kernels::kPipeSharedBytes, stream, x_rounded_.data(), sorted_pair_.data(), k_,
-                             ex, offsets_.data(), tile_offsets_.data(), h_rounded_.data(), ldh_);
-          launch_with_shared(kernels::expert_down_pipelined<DW>,
-                             dim3(row_tiles, static_cast<unsigned>((d + kCols - 1) / kCols)), kPipeThreads,
-                             kernels::kPipeSharedBytes, stream, h_rounded_.data(), ldh_, ex, offsets_.data(),
-                             tile_offsets_.data(), y_rows_.data());
+          const dim3 down_tiles(row_tiles, static_cast<unsigned>((d + kCols - 1) / kCols));
+          const bool wgmma = tiles_ == TileKernels::kWgmma;
+          const int shared = wgmma ? kernels::kWgmmaSharedBytes : kernels::kPipeSharedBytes;
+          launch_with_shared(
+              wgmma ? kernels::expert_hidden_swiglu_wgmma<DW> : kernels::expert_hidden_swiglu_pipelined<DW>,
+              grid, kPipeThreads, shared, stream, x_rounded_.data(), sorted_pair_.data(), k_, ex,
+              offsets_.data(), tile_offsets_.data(), h_rounded_.data(), ldh_);
+          launch_with_shared(wgmma ? kernels::expert_down_wgmma<DW> : kernels::expert_down_pipelined<DW>,
+                             down_tiles, kPipeThreads, shared, stream, h_rounded_.data(), ldh_, ex,
+                             offsets_.data(), tile_offsets_.data(), y_rows_.data());
         } else {
           // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
           // vec_hidden_: every m_e).
@@ -391,7 +420,8 @@ class DeviceMoELayer {
   bool vec_hidden_ = true;       ///< every m_e a whole number of 16-byte weight vectors
   bool pipelined_fits_ = false;  ///< 16-bit weights, d and every m_e multiples of 8
   TileKernels tiles_ = TileKernels::kAuto;
-  int few_rows_ = kFewRows;  ///< experts with 1..few_rows_ rows take the matrix-vector kernels
+  bool wgmma_ready_ = false;  ///< kWgmma checked and its kernels' shared memory limit raised
+  int few_rows_ = kFewRows;   ///< experts with 1..few_rows_ rows take the matrix-vector kernels
   Index capacity_ = 0;
   Index last_tokens_ = -1;  ///< T of the last forward queued; -1 before the first
   DeviceRouterOptions opt_;
