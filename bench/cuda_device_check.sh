@@ -18,7 +18,8 @@ cd "$(dirname "$0")/.."
 if [[ ${1:-} == --prepare ]]; then
   set -e
   nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-  cmake -S . -B build-cuda -DMOE_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DMOE_BUILD_EXAMPLES=OFF >/dev/null
+  cmake -S . -B build-cuda -DMOE_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" -DMOE_BUILD_EXAMPLES=OFF \
+    -DCMAKE_CUDA_ARCHITECTURES="90a-real;90-virtual" >/dev/null  # the default, also where an old cache says 90
   cmake --build build-cuda -j"$(nproc)" --target test_cuda_layer moe_bench_cuda
   rm -rf .devdeps && mkdir -p .devdeps
   cp -r /usr/include/eigen3 /usr/include/catch2 /usr/include/nlohmann .devdeps/
@@ -34,7 +35,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu 
 test_bin=build-cuda/tests/cuda/test_cuda_layer
 bench_bin=build-cuda/bench/moe_bench_cuda
 build_here() {  # $1: source, $2: output
-  nvcc -O3 -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -diag-suppress=20012 -Iinclude -Itests -Itests/cuda \
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr -diag-suppress=20012 -Iinclude -Itests -Itests/cuda \
     -isystem .devdeps/eigen3 -isystem .devdeps "$1" -o "$2"
 }
 starts() {  # the binary runs here: exit 0, or 77 (no GPU)
@@ -67,28 +68,34 @@ timeout 35 compute-sanitizer --tool racecheck --error-exitcode 9 "$test_bin" \
   tee "$out/racecheck.txt" | tail -8
 echo "racecheck exit: ${PIPESTATUS[0]}"
 
-echo "== SASS of the benchmark's kernels: tensor-core products, shared-memory matrix loads, async copies, local memory"
-# The pipelined tiles should show HMMA, LDSM and LDGSTS and no local memory (LDL/STL: spills).
+echo "== SASS of the benchmark's kernels: tensor-core products (warp HMMA, warpgroup HGMMA), shared-memory matrix loads, async copies, local memory"
+# The pipelined tiles should show HMMA, LDSM and LDGSTS, their wgmma form HGMMA and LDGSTS, and
+# none of them local memory (LDL/STL: spills).
 timeout 20 cuobjdump --dump-sass "$bench_bin" >"$out/sass.txt" 2>&1
-awk '/Function :/ { name = $3 } /HMMA/ { h[name]++ } /LDSM/ { l[name]++ } /LDGSTS/ { a[name]++ }
-  /LDL|STL/ { s[name]++ } END { for (n in h) printf "HMMA %4d  LDSM %4d  LDGSTS %3d  LDL/STL %3d  %s\n", h[n], l[n], a[n], s[n], n }' \
-  "$out/sass.txt" | sort -k10
+awk '/Function :/ { name = $3 } /HMMA/ { h[name]++; k[name] = 1 } /HGMMA/ { g[name]++; k[name] = 1 }
+  /LDSM/ { l[name]++ } /LDGSTS/ { a[name]++ } /LDL|STL/ { s[name]++ }
+  END { for (n in k) printf "HMMA %4d  HGMMA %3d  LDSM %4d  LDGSTS %3d  LDL/STL %3d  %s\n", h[n], g[n], l[n], a[n], s[n], n }' \
+  "$out/sass.txt" | sort -k12
 
 echo "== per-kernel times of one forward (ncu), T = 1 and T = 2048"
 # A forward is 5 kernels at T = 1 (route, group, and the matrix-vector pair, combine), 7 at T = 2048.
 for t in 1 2048; do
   launches=$([[ $t == 1 ]] && echo 5 || echo 7)
-  timeout 35 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
+  timeout 30 ncu --clock-control none --launch-count "$launches" --metrics gpu__time_duration.sum,dram__bytes_read.sum \
     "$bench_bin" --tokens "$t" --batches 1 --no-dense >"$out/ncu_T$t.txt" 2>&1
   grep -E "\)x\(|gpu__time|dram__bytes" "$out/ncu_T$t.txt" | head -40
 done
 
 echo "== moe_bench_cuda"
-timeout 150 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
+timeout 135 "$bench_bin" --json "$out/moe_cuda.json" 2>&1 | tee "$out/bench.txt"
 
 echo "== moe_bench_cuda --tiles 64: the 64-row tensor-core tiles instead of the pipelined ones"
-timeout 50 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
+timeout 40 "$bench_bin" --tiles 64 --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_tiles64.json" 2>&1 |
   tee "$out/bench_tiles64.txt"
+
+echo "== moe_bench_cuda --tiles wgmma: the pipelined tiles on wgmma (sm_90a)"
+timeout 40 "$bench_bin" --tiles wgmma --tokens 256,2048,8192 --no-dense --json "$out/moe_cuda_wgmma.json" 2>&1 |
+  tee "$out/bench_wgmma.txt"
 
 echo "== moe_bench_cuda --few-rows 4, and 0: experts with more than 4 rows, or all, on the tiles"
 for r in 4 0; do

@@ -3,7 +3,8 @@
 // Shapes: LLaMA-MoE-3.5B (d = 4096, m = 1376, N = 8, k = 2) and, for comparison, the dense
 // LLaMA-2-7B FFN run as one expert (m = 11008, N = 1, k = 1), expert weights bf16 (and f32 with
 // --weights both), for T tokens per forward. --tiles 64 makes bf16 layers take the 64-row
-// tensor-core tiles (expert_mma.cuh) instead of the pipelined 128-row ones, and --few-rows R sends
+// tensor-core tiles (expert_mma.cuh) instead of the pipelined 128-row ones, --tiles wgmma the
+// pipelined tiles' wgmma form (expert_mma_wgmma.cuh, H100/H200), and --few-rows R sends
 // experts with more than R rows (default 16) to the tiles, to time where the matrix-vector and the
 // tile kernels should meet.
 //
@@ -190,18 +191,21 @@ int main(int argc, char** argv) try {
     else {
       std::printf(
           "usage: moe_bench_cuda [--tokens 1,16,64,256,2048,8192] [--weights bf16|f32|both] [--batches 15]\n"
-          "                      [--tiles auto|64] [--few-rows 0..16] [--no-dense] [--json FILE]\n");
+          "                      [--tiles auto|64|wgmma] [--few-rows 0..16] [--no-dense] [--json FILE]\n");
       return a == "--help" ? 0 : 2;
     }
   }
   MOE_CHECK(weights == "bf16" || weights == "f32" || weights == "both",
             "moe_bench_cuda: --weights is bf16, f32 or both, not '" << weights << "'");
   MOE_CHECK(batches >= 1, "moe_bench_cuda: --batches must be >= 1");
-  MOE_CHECK(tiles == "auto" || tiles == "64", "moe_bench_cuda: --tiles is auto or 64, not '" << tiles << "'");
-  const cuda::TileKernels tile_kernels = tiles == "64" ? cuda::TileKernels::k64 : cuda::TileKernels::kAuto;
+  MOE_CHECK(tiles == "auto" || tiles == "64" || tiles == "wgmma",
+            "moe_bench_cuda: --tiles is auto, 64 or wgmma, not '" << tiles << "'");
+  const cuda::TileKernels tile_kernels = tiles == "64"      ? cuda::TileKernels::k64
+                                         : tiles == "wgmma" ? cuda::TileKernels::kWgmma
+                                                            : cuda::TileKernels::kAuto;
   MOE_CHECK(few_rows >= 0 && few_rows <= cuda::kFewRows,
             "moe_bench_cuda: --few-rows is 0.." << cuda::kFewRows << ", not " << few_rows);
-  const std::string tag_tiles = std::string(tiles == "64" ? "/tiles:64" : "") +
+  const std::string tag_tiles = std::string(tiles != "auto" ? "/tiles:" + tiles : "") +
                                 (few_rows != cuda::kFewRows ? "/few:" + std::to_string(few_rows) : "");
   if (cuda::device_count() == 0) {
     std::printf("SKIPPED: no CUDA device\n");
