@@ -250,6 +250,16 @@ __device__ inline void multiply_tiles(unsigned char* smem, const StageRows<T16>&
   wait_copies<0>();  // only empty groups remain (stages past the last), so this waits for nothing
 }
 
+/// multiply_tiles for a tile of `rows` token rows: one 64-row half, or both.
+template <class T16>
+__device__ inline void multiply_tile(unsigned char* smem, const StageRows<T16>& rows, long long depth,
+                                     long long tile_rows, float (&acc)[2][kAccum]) {
+  if (tile_rows > 64)
+    multiply_tiles<true>(smem, rows, depth, acc);
+  else
+    multiply_tiles<false>(smem, rows, depth, acc);
+}
+
 /// Row (in the tile) and product column of this thread's accumulator i of acc[h]: wgmma's
 /// m64nNk16 accumulator layout, warp w of the warpgroup holding rows 16w .. 16w + 15.
 __device__ inline int accum_row(int h, int i) {
@@ -320,13 +330,10 @@ __global__ void __launch_bounds__(kPipeThreads)
     rows.b[i] = col < m ? (r < pipe::kCols / 2 ? w_gate : w_up) + col * d : nullptr;
   }
   float acc[2][kAccum];
-  if (tile.rows > 64)
-    multiply_tiles<true>(dynamic_shared(), rows, d, acc);
-  else
-    multiply_tiles<false>(dynamic_shared(), rows, d, acc);
+  multiply_tile(dynamic_shared(), rows, d, tile.rows, acc);
 
-    // Gate column j is product column j, up column j is 64 + j: accumulators i and i + kAccum / 2
-    // of the same thread. Each thread writes pairs of adjacent h values (m a multiple of 8).
+  // Gate column j is product column j, up column j is 64 + j: accumulators i and i + kAccum / 2
+  // of the same thread. Each thread writes pairs of adjacent h values (m a multiple of 8).
 #pragma unroll
   for (int half = 0; half < 2; ++half)
 #pragma unroll
@@ -370,10 +377,7 @@ __global__ void __launch_bounds__(kPipeThreads)
     rows.b[i] = c0 + r < d ? wd + (c0 + r) * m : nullptr;
   }
   float acc[2][kAccum];
-  if (tile.rows > 64)
-    multiply_tiles<true>(dynamic_shared(), rows, m, acc);
-  else
-    multiply_tiles<false>(dynamic_shared(), rows, m, acc);
+  multiply_tile(dynamic_shared(), rows, m, tile.rows, acc);
 
 #pragma unroll
   for (int half = 0; half < 2; ++half)
