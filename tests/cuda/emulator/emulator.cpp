@@ -2,7 +2,8 @@
 // memory on the host heap, streams that run their work at once or record it into a graph.
 #include "emulator.hpp"
 
-#include "cuda_fp16.h"  // __half, for the fp16 wgmma operands
+#include "cuda_bf16.h"  // __nv_bfloat16 and __half, for the wgmma operands
+#include "cuda_fp16.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -84,7 +85,7 @@ struct AsyncCopy {
   void* dst;
   const void* src;
   bool full;
-  void land() const {
+  void run() const {
     if (full)
       std::memcpy(dst, src, 16);
     else
@@ -101,14 +102,50 @@ struct Wgmma {
   void run() const;
 };
 
+/// A thread's asynchronous operations of one kind (cp.async copies, wgmma products) in PTX's
+/// groups: issued ones join the open group, a commit closes it, and a wait runs the oldest
+/// committed groups until at most `pending` remain.
+template <class Op>
+struct AsyncGroups {
+  std::vector<Op> open;                   // issued since the last commit
+  std::deque<std::vector<Op>> committed;  // oldest first
+
+  /// Runs op now (`now`: the earliest it may happen), or leaves it for the wait that covers it.
+  void issue(const Op& op, bool now) {
+    if (now)
+      op.run();
+    else
+      open.push_back(op);
+  }
+  void commit() {
+    committed.push_back(std::move(open));
+    open.clear();
+  }
+  void wait(int pending) {
+    while (committed.size() > static_cast<std::size_t>(pending)) {
+      for (const Op& op : committed.front()) op.run();
+      committed.pop_front();
+    }
+  }
+  /// Whether an operation no wait ran is left. (noinline: called from moe_emu_fiber_entry, which
+  /// never returns; inlined, its temporaries would leave AddressSanitizer's redzones on the fiber's
+  /// stack for the next grid.)
+  [[gnu::noinline]] bool in_flight() const {
+    return !open.empty() || std::any_of(committed.begin(), committed.end(),
+                                        [](const std::vector<Op>& g) { return !g.empty(); });
+  }
+  void clear() {
+    open.clear();
+    committed.clear();
+  }
+};
+
 struct Fiber {
   void* stack_base = nullptr;  // mmap'd, lowest page a guard
   void* sp = nullptr;
   bool done = false;
-  std::vector<AsyncCopy> open_group;             // copies since the last commit
-  std::deque<std::vector<AsyncCopy>> in_flight;  // committed groups, oldest first
-  std::vector<Wgmma> mma_open;                   // wgmma products since the last commit
-  std::deque<std::vector<Wgmma>> mma_in_flight;  // committed groups of them, oldest first
+  AsyncGroups<AsyncCopy> copies;
+  AsyncGroups<Wgmma> products;
 #if defined(MOE_EMU_ASAN)
   void* fake_stack = nullptr;
 #endif
@@ -158,26 +195,14 @@ void to_scheduler(bool finished) {
 #endif
 }
 
-/// Whether the fiber has cp.async copies that no wait landed. (A function of its own: this frame
-/// is gone before the fiber's last switch, whereas locals of moe_emu_fiber_entry, which never
-/// returns, would leave AddressSanitizer's redzones on the fiber's stack for the next grid.)
-[[gnu::noinline]] bool copies_in_flight(const Fiber& f) {
-  return !f.open_group.empty() || std::any_of(f.in_flight.begin(), f.in_flight.end(),
-                                              [](const std::vector<AsyncCopy>& g) { return !g.empty(); });
-}
-[[gnu::noinline]] bool products_in_flight(const Fiber& f) {
-  return !f.mma_open.empty() || std::any_of(f.mma_in_flight.begin(), f.mma_in_flight.end(),
-                                            [](const std::vector<Wgmma>& g) { return !g.empty(); });
-}
-
 extern "C" [[noreturn]] void moe_emu_fiber_entry() {
 #if defined(MOE_EMU_ASAN)
   __sanitizer_finish_switch_fiber(nullptr, &g_block.scheduler_stack_bottom, &g_block.scheduler_stack_size);
 #endif
   (*g_block.body)();
   Fiber& f = current_fiber();
-  if (copies_in_flight(f)) fail("a thread exited with cp.async copies it never waited for");
-  if (products_in_flight(f)) fail("a thread exited with wgmma products it never waited for");
+  if (f.copies.in_flight()) fail("a thread exited with cp.async copies it never waited for");
+  if (f.products.in_flight()) fail("a thread exited with wgmma products it never waited for");
   f.done = true;
   ++g_block.events;
   // An exited thread leaves the block barrier; a warp op waiting on it is a bug in the kernel.
@@ -210,10 +235,8 @@ void prepare(Fiber& f) {
   for (int i = 3; i <= 8; ++i) top[-i] = 0;  // rbp, rbx, r12..r15
   f.sp = &top[-8];
   f.done = false;
-  f.open_group.clear();
-  f.in_flight.clear();
-  f.mma_open.clear();
-  f.mma_in_flight.clear();
+  f.copies.clear();
+  f.products.clear();
 }
 
 }  // namespace
@@ -309,26 +332,12 @@ void trap(const char* what) { fail(what); }
 // under kReverse it lands when issued, the earliest, so a copy into a stage another warp still
 // reads changes what that warp reads.
 void async_copy16(void* dst, const void* src, bool full) {
-  const AsyncCopy copy{dst, src, full};
-  if (g_schedule == Schedule::kReverse)
-    copy.land();
-  else
-    current_fiber().open_group.push_back(copy);
+  current_fiber().copies.issue(AsyncCopy{dst, src, full}, g_schedule == Schedule::kReverse);
 }
 
-void async_commit() {
-  Fiber& f = current_fiber();
-  f.in_flight.push_back(std::move(f.open_group));
-  f.open_group.clear();
-}
+void async_commit() { current_fiber().copies.commit(); }
 
-void async_wait(int pending) {
-  Fiber& f = current_fiber();
-  while (f.in_flight.size() > static_cast<std::size_t>(pending)) {
-    for (const AsyncCopy& c : f.in_flight.front()) c.land();
-    f.in_flight.pop_front();
-  }
-}
+void async_wait(int pending) { current_fiber().copies.wait(pending); }
 
 unsigned shared_address(const void* p) {
   const auto* byte = static_cast<const unsigned char*>(p);
@@ -353,15 +362,8 @@ float operand(std::uint64_t desc, int r, int k, bool bf16) {
   if (at + 2 > g_dynamic_shared_bytes) fail("wgmma: an operand outside the block's dynamic shared memory");
   std::uint16_t bits = 0;
   std::memcpy(&bits, g_dynamic_shared + at, sizeof bits);
-  if (bf16) {
-    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-    float v = 0;
-    std::memcpy(&v, &wide, sizeof v);
-    return v;
-  }
-  __half h;
-  std::memcpy(&h, &bits, sizeof bits);
-  return __half2float(h);
+  if (bf16) return __bfloat162float(__nv_bfloat16{bits});
+  return __half2float(__half{bits});
 }
 }  // namespace
 
@@ -378,26 +380,12 @@ void Wgmma::run() const {
 
 void wgmma_async(float* d, int n, std::uint64_t desc_a, std::uint64_t desc_b, bool bf16) {
   if (blockDim.x % 128 != 0) fail("wgmma in a block that is not whole warpgroups");
-  const Wgmma product{d, n, desc_a, desc_b, bf16};
-  if (g_schedule == Schedule::kReverse)
-    product.run();
-  else
-    current_fiber().mma_open.push_back(product);
+  current_fiber().products.issue(Wgmma{d, n, desc_a, desc_b, bf16}, g_schedule == Schedule::kReverse);
 }
 
-void wgmma_commit() {
-  Fiber& f = current_fiber();
-  f.mma_in_flight.push_back(std::move(f.mma_open));
-  f.mma_open.clear();
-}
+void wgmma_commit() { current_fiber().products.commit(); }
 
-void wgmma_wait(int pending) {
-  Fiber& f = current_fiber();
-  while (f.mma_in_flight.size() > static_cast<std::size_t>(pending)) {
-    for (const Wgmma& p : f.mma_in_flight.front()) p.run();
-    f.mma_in_flight.pop_front();
-  }
-}
+void wgmma_wait(int pending) { current_fiber().products.wait(pending); }
 
 void sync_block() { wait(g_block.barrier); }
 
