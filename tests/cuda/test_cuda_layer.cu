@@ -211,6 +211,36 @@ TEST_CASE("CUDA layer: N = 256, k = 8, most experts empty at T = 7", "[cuda]") {
   check_layer(layer, 300, 11);
 }
 
+TEST_CASE("CUDA layer: the router's partial passes: N = 13, 1 to 17 tokens, scalar and vector chunks",
+          "[cuda]") {
+  // route_tokens takes 8 tokens and 8 experts a pass: here a last pass of 5 experts, blocks of 1,
+  // 8 and 1 tokens, and chunks of 4 floats (d = 200) or of 1 (d = 202).
+  for (Index d : {200, 202}) {
+    const auto layer = cudatest::random_layer(d, 40, 13, 3, 31);
+    for (Index t : {1, 9, 17}) check_layer(layer, t, 200 + static_cast<std::uint64_t>(t));
+  }
+  // x not 16-byte aligned (d = 200 would allow float4 chunks): the scalar chunks, the same logits
+  // to the CPU's rounding, so the same routing and the same output to float rounding.
+  const auto layer = cudatest::random_layer(200, 40, 13, 3, 32);
+  constexpr Index kTokens = 9;
+  const RowMatrix<float> x = input(kTokens, 200, 33);
+  cuda::DeviceMoELayer<float> gpu(layer, kTokens);
+  RowMatrix<float> aligned(kTokens, 200), shifted(kTokens, 200), logits, cpu_logits(kTokens, 13);
+  gpu.forward(x, aligned);
+  std::vector<float> x_shifted(static_cast<std::size_t>(x.size()) + 1);
+  std::copy(x.data(), x.data() + x.size(), x_shifted.begin() + 1);
+  cuda::DeviceBuffer<float> xd, yd;
+  xd.upload(x_shifted.data(), x_shifted.size());
+  yd.reserve(static_cast<std::size_t>(x.size()));
+  gpu.forward(xd.data() + 1, yd.data(), kTokens);
+  MOE_CUDA_CHECK(cudaMemcpy(shifted.data(), yd.data(), sizeof(float) * static_cast<std::size_t>(x.size()),
+                            cudaMemcpyDeviceToHost));
+  gpu.last_logits(kTokens, logits);
+  router_logits<float>(x, layer.router_weight(), cpu_logits);
+  CHECK(testutil::rel_err(logits, cpu_logits) <= 1e-5);
+  CHECK(testutil::rel_err(shifted, aligned) <= 1e-5);
+}
+
 TEST_CASE("CUDA layer: every token on one expert (a zero router: all logits tie, lowest index wins)",
           "[cuda]") {
   std::vector<FfnWeights<float>> experts;

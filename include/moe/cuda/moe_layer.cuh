@@ -257,8 +257,11 @@ class DeviceMoELayer {
     const long long tile_experts = std::min<long long>(n_, pairs / (few_rows_ + 1));
     const bool pipelined = pipelined_tiles() && tile_experts > 0;
     const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
-    launch(kernels::route_tokens<DW>, static_cast<unsigned>(t), 256, stream, x, router_.data(), d, n_, k_,
-           opt_, logits_.data(), ids_.data(), weights_.data(), pipelined ? x_rounded_.data() : nullptr);
+    const bool vec_route = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+    launch(vec_route ? kernels::route_tokens<DW, true> : kernels::route_tokens<DW, false>,
+           static_cast<unsigned>((t + kernels::kRouteTokens - 1) / kernels::kRouteTokens),
+           kernels::kRouteThreads, stream, x, t, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(),
+           weights_.data(), pipelined ? x_rounded_.data() : nullptr);
     launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, tile_rows,
            few_rows_, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
            num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());

@@ -73,38 +73,96 @@ __device__ inline void route_one(const float* z, int n, int k, const DeviceRoute
   }
 }
 
-/// The router, one block per token (blockDim a multiple of 32): logits(t, e) = Σ_i x(t, i)·W_r(i, e)
-/// — the block's warps take experts in turn, lane l sums i ≡ l (mod 32) in order, then warp_sum —
-/// then one thread routes the token (route_one). One kernel, not two: at T = 1 a launch costs about
-/// what the whole routing does. w_router: column e at w_router + e·d (d x N, column-major, as
-/// RouterGate stores it). logits (T x N) are kept for inspection.
+/// Tokens and experts one block of route_tokens takes per pass over x and W_r, and its threads.
+constexpr int kRouteTokens = 8;
+constexpr int kRouteExperts = 8;
+constexpr int kRouteThreads = 256;
+static_assert(kRouteThreads >= kRouteTokens * kRouteExperts, "a thread per (token, expert) adds the warps");
+
+/// V consecutive floats at p (16-byte aligned when V = 4).
+template <int V>
+__device__ inline void load_chunk(const float* p, float (&out)[V]) {
+  if constexpr (V == 4) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else {
+    static_assert(V == 1, "chunks of 1 or 4 floats");
+    out[0] = __ldg(p);
+  }
+}
+
+/// The router: logits(t, e) = Σ_i x(t, i)·W_r(i, e), then per token its softmax, top-k and
+/// weights (route_one). One kernel, not two: at T = 1 a launch costs about what the routing does.
+/// A block takes kRouteTokens tokens; for every kRouteExperts experts, thread j sums the chunks
+/// c ≡ j (mod kRouteThreads) of V floats in order, loading each expert's chunk of W_r once for all
+/// the block's tokens; then a fixed butterfly (warp_sum) and the warps in order add the threads.
+/// So a thread has kRouteExperts independent loads in flight per chunk (the latency of one chain
+/// of dependent loads, 128 of them per warp when a warp summed one expert, would dominate T = 1),
+/// W_r is read once per kRouteTokens tokens (not once per token: 128 KB per token at N = 8,
+/// d = 4096), and a logit is the same function of its token's row whatever T is.
+/// Grid: ceil(tokens / kRouteTokens) blocks of kRouteThreads threads. kVec: chunks of 4 floats, so
+/// d a multiple of 4 and x 16-byte aligned. w_router: column e at w_router + e·d (d x N,
+/// column-major, as RouterGate stores it). logits (T x N) are kept for inspection.
 /// x_rounded (T x d, R a 16-bit type; null: none): x rounded to R, the pipelined tensor-core tiles'
 /// operand (expert_mma_pipelined.cuh), written here because this kernel reads x anyway. R = float
 /// writes nothing.
-template <class R>
-__global__ void route_tokens(const float* x, const float* w_router, long long d, int n, int k,
-                             DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
-  __shared__ float z[kMaxExperts];
-  const long long t = blockIdx.x;
-  const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
-  const int warps = static_cast<int>(blockDim.x / 32);
-  const float* xt = x + t * d;
-  if constexpr (!std::is_same_v<R, float>) {
-    if (x_rounded)
-      for (long long i = threadIdx.x; i < d; i += blockDim.x) x_rounded[t * d + i] = round_to<R>(xt[i]);
-  }
-  for (int e = warp; e < n; e += warps) {
-    const float* w = w_router + e * d;
-    float s = 0.0f;
-    for (long long i = lane; i < d; i += 32) s = fmaf(xt[i], w[i], s);
-    s = warp_sum(s);
-    if (lane == 0) {
-      z[e] = s;
-      logits[t * n + e] = s;
+template <class R, bool kVec>
+__global__ void __launch_bounds__(kRouteThreads)
+    route_tokens(const float* x, long long tokens, const float* w_router, long long d, int n, int k,
+                 DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
+  constexpr int V = kVec ? 4 : 1;
+  constexpr int kWarps = kRouteThreads / 32;
+  __shared__ float partial[kWarps][kRouteTokens][kRouteExperts];
+  __shared__ float z[kRouteTokens][kMaxExperts];
+  const long long t0 = static_cast<long long>(blockIdx.x) * kRouteTokens;
+  const int here = static_cast<int>(tokens - t0 < kRouteTokens ? tokens - t0 : kRouteTokens);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
+  const long long chunks = d / V;
+  for (int e0 = 0; e0 < n; e0 += kRouteExperts) {
+    const int experts = n - e0 < kRouteExperts ? n - e0 : kRouteExperts;
+    float acc[kRouteTokens][kRouteExperts] = {};
+    for (long long c = tid; c < chunks; c += kRouteThreads) {
+      float w[kRouteExperts][V] = {};
+#pragma unroll
+      for (int g = 0; g < kRouteExperts; ++g)
+        if (g < experts) load_chunk<V>(w_router + (e0 + g) * d + c * V, w[g]);
+#pragma unroll
+      for (int j = 0; j < kRouteTokens; ++j) {
+        if (j >= here) break;
+        float xv[V];
+        load_chunk<V>(x + (t0 + j) * d + c * V, xv);
+        if constexpr (!std::is_same_v<R, float>) {
+          if (x_rounded && e0 == 0)
+#pragma unroll
+            for (int v = 0; v < V; ++v) x_rounded[(t0 + j) * d + c * V + v] = round_to<R>(xv[v]);
+        }
+#pragma unroll
+        for (int g = 0; g < kRouteExperts; ++g)
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[j][g] = fmaf(xv[v], w[g][v], acc[j][g]);
+      }
     }
+#pragma unroll
+    for (int j = 0; j < kRouteTokens; ++j) {
+      if (j >= here) break;
+#pragma unroll
+      for (int g = 0; g < kRouteExperts; ++g) {
+        if (g >= experts) break;
+        const float s = warp_sum(acc[j][g]);
+        if (lane == 0) partial[warp][j][g] = s;
+      }
+    }
+    __syncthreads();
+    const int j = tid / kRouteExperts, g = tid % kRouteExperts;
+    if (j < here && g < experts) {
+      float s = 0.0f;
+      for (int wp = 0; wp < kWarps; ++wp) s += partial[wp][j][g];
+      z[j][e0 + g] = s;
+      logits[(t0 + j) * n + e0 + g] = s;
+    }
+    __syncthreads();  // partial is rewritten by the next experts; z is read below
   }
-  __syncthreads();
-  if (threadIdx.x == 0) route_one(z, n, k, opt, ids + t * k, weights + t * k);
+  if (tid < here) route_one(z[tid], n, k, opt, ids + (t0 + tid) * k, weights + (t0 + tid) * k);
 }
 
 }  // namespace kernels
