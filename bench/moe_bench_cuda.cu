@@ -6,7 +6,8 @@
 // tensor-core tiles (expert_mma.cuh) instead of the pipelined 128-row ones, --tiles wgmma the
 // pipelined tiles' wgmma form (expert_mma_wgmma.cuh, H100/H200), and --few-rows R sends
 // experts with more than R rows (default 16) to the tiles, to time where the matrix-vector and the
-// tile kernels should meet.
+// tile kernels should meet. --no-overlap launches a forward's kernels the plain way, without
+// programmatic dependent launch (DeviceMoELayer::set_overlap_launches), to time what it gains.
 //
 // Timing: each forward is captured in a CUDA graph and replayed; CUDA events around a batch of
 // replays, the median of the batches' per-forward times. The replays rotate over 8 different inputs
@@ -79,11 +80,12 @@ struct Result {
 template <class W>
 void run_shape(const std::string& name, Index d, Index m, int n, int k,
                const std::vector<Index>& token_counts, int batches, cuda::TileKernels tiles, int few_rows,
-               std::vector<Result>& out) {
+               bool overlap, std::vector<Result>& out) {
   const MoELayer<float, W> layer = make_layer<W>(d, m, n, k);
   cuda::DeviceMoELayer<W> gpu(layer);
   gpu.set_tile_kernels(tiles);
   gpu.set_few_rows(few_rows);
+  if (!overlap) gpu.set_overlap_launches(false);
   const Index max_t = *std::max_element(token_counts.begin(), token_counts.end());
   gpu.reserve(max_t);
   constexpr int kInputs = 8;
@@ -167,7 +169,7 @@ int main(int argc, char** argv) try {
   std::vector<Index> tokens{1, 16, 64, 256, 2048, 8192};
   std::string weights = "bf16", json, tiles = "auto";
   int batches = 15, few_rows = cuda::kFewRows;
-  bool dense = true;
+  bool dense = true, overlap = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const auto value = [&] {
@@ -188,10 +190,13 @@ int main(int argc, char** argv) try {
       few_rows = std::stoi(value());
     else if (a == "--no-dense")
       dense = false;
+    else if (a == "--no-overlap")
+      overlap = false;
     else {
       std::printf(
           "usage: moe_bench_cuda [--tokens 1,16,64,256,2048,8192] [--weights bf16|f32|both] [--batches 15]\n"
-          "                      [--tiles auto|64|wgmma] [--few-rows 0..16] [--no-dense] [--json FILE]\n");
+          "                      [--tiles auto|64|wgmma] [--few-rows 0..16] [--no-overlap]\n"
+          "                      [--no-dense] [--json FILE]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -206,7 +211,8 @@ int main(int argc, char** argv) try {
   MOE_CHECK(few_rows >= 0 && few_rows <= cuda::kFewRows,
             "moe_bench_cuda: --few-rows is 0.." << cuda::kFewRows << ", not " << few_rows);
   const std::string tag_tiles = std::string(tiles != "auto" ? "/tiles:" + tiles : "") +
-                                (few_rows != cuda::kFewRows ? "/few:" + std::to_string(few_rows) : "");
+                                (few_rows != cuda::kFewRows ? "/few:" + std::to_string(few_rows) : "") +
+                                (overlap ? "" : "/no-overlap");
   if (cuda::device_count() == 0) {
     std::printf("SKIPPED: no CUDA device\n");
     return 77;
@@ -219,10 +225,10 @@ int main(int argc, char** argv) try {
   const auto shapes = [&](auto w, const char* tag) {
     using W = decltype(w);
     run_shape<W>(std::string("moe/d:4096/m:1376/N:8/k:2/w:") + tag + tag_tiles, 4096, 1376, 8, 2, tokens,
-                 batches, tile_kernels, few_rows, results);
+                 batches, tile_kernels, few_rows, overlap, results);
     if (dense)
       run_shape<W>(std::string("dense/d:4096/dh:11008/w:") + tag + tag_tiles, 4096, 11008, 1, 1, tokens,
-                   batches, tile_kernels, few_rows, results);
+                   batches, tile_kernels, few_rows, overlap, results);
   };
   if (weights != "f32") shapes(Eigen::bfloat16{}, "bf16");
   if (weights != "bf16") shapes(float{}, "f32");

@@ -325,6 +325,31 @@ TEST_CASE("CUDA layer: shapes and the workspace's size are checked", "[cuda]") {
   CHECK(y_wide.rightCols(16).isZero(0));
 }
 
+TEST_CASE("CUDA layer: overlapped launches (programmatic dependent launch) give the plain launches' bits",
+          "[cuda]") {
+  cudaDeviceProp prop{};
+  REQUIRE(cudaGetDeviceProperties(&prop, 0) == cudaSuccess);
+  using Bf16 = Eigen::bfloat16;
+  // T = 1: the matrix-vector kernels alone (5 kernels); T = 64: both paths, all 7 kernels.
+  const auto layer = cudatest::random_layer<Bf16>(256, 96, 8, 2, 26);
+  cuda::DeviceMoELayer<Bf16> gpu(layer, 64);
+  CHECK(gpu.overlap_launches() == (prop.major >= 9));
+  for (Index t : {1, 64}) {
+    INFO("T=" << t);
+    const RowMatrix<float> x = input(t, 256, 27 + static_cast<std::uint64_t>(t));
+    RowMatrix<float> plain(t, 256), overlapped(t, 256);
+    gpu.set_overlap_launches(false);
+    gpu.forward(x, plain);
+    if (prop.major >= 9) {
+      gpu.set_overlap_launches(true);
+      gpu.forward(x, overlapped);
+      CHECK(testutil::bitwise_equal(plain, overlapped));
+    } else {
+      CHECK_THROWS_WITH(gpu.set_overlap_launches(true), Contains("compute capability 9.0"));
+    }
+  }
+}
+
 TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", "[cuda]") {
   const auto layer = cudatest::random_layer(256, 96, 8, 2, 22);
   cuda::DeviceMoELayer<float> gpu(layer);

@@ -5,12 +5,15 @@
 
 #include <cuda_runtime.h>
 
+#include "moe/cuda/check.cuh"
+
 namespace moe::cuda::kernels {
 
 /// One block per token; threads stride over the d columns. y_rows: the experts' output rows
 /// (row_of[t·k + s] for slot s of token t), d apart. Dropped slots (id -1) add nothing.
 static __global__ void combine(const float* y_rows, long long d, const int* ids, const float* weights,
                                const long long* row_of, int k, float scale, float* y) {
+  wait_for_previous_kernel();
   const long long t = blockIdx.x;
   for (long long j = threadIdx.x; j < d; j += blockDim.x) {
     float acc = 0.0f;

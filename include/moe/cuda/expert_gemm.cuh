@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "moe/cuda/check.cuh"
 #include "moe/math.hpp"
 
 namespace moe::cuda {
@@ -96,6 +97,7 @@ template <class W>
 __global__ void __launch_bounds__(kGemmThreads)
     expert_hidden_swiglu(const float* x, const long long* sorted_pair, int k, DeviceExperts<W> ex,
                          const long long* offsets, const long long* tile_offsets, float* h, long long ldh) {
+  wait_for_previous_kernel();
   ExpertTile tile{};
   if (!find_tile(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;
   const int m = ex.hidden[tile.expert];
@@ -157,6 +159,7 @@ template <class W>
 __global__ void __launch_bounds__(kGemmThreads)
     expert_down(const float* h, long long ldh, DeviceExperts<W> ex, const long long* offsets,
                 const long long* tile_offsets, float* y_rows) {
+  wait_for_previous_kernel();
   ExpertTile tile{};
   if (!find_tile(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;
   const long long m = ex.hidden[tile.expert], d = ex.d;

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "moe/cuda/check.cuh"
 #include "moe/cuda/expert_gemm.cuh"
 #include "moe/cuda/routing.cuh"
 #include "moe/math.hpp"
@@ -116,6 +117,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     expert_hidden_swiglu_few(const float* x, const long long* sorted_pair, int k, DeviceExperts<W> ex,
                              const long long* offsets, const int* few_experts, const int* num_few, float* h,
                              long long ldh) {
+  wait_for_previous_kernel();
   if (static_cast<int>(blockIdx.x) >= *num_few) return;
   const int e = few_experts[blockIdx.x];
   const long long row0 = offsets[e];
@@ -143,6 +145,7 @@ template <class W, bool kVec>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     expert_down_few(const float* h, long long ldh, DeviceExperts<W> ex, const long long* offsets,
                     const int* few_experts, const int* num_few, float* y_rows) {
+  wait_for_previous_kernel();
   if (static_cast<int>(blockIdx.x) >= *num_few) return;
   const int e = few_experts[blockIdx.x];
   const long long row0 = offsets[e], d = ex.d, m = ex.hidden[e];

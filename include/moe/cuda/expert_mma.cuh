@@ -21,6 +21,7 @@
 
 #include <cstring>
 
+#include "moe/cuda/check.cuh"
 #include "moe/cuda/copy.cuh"
 #include "moe/cuda/expert_gemm.cuh"
 #include "moe/cuda/round_to.cuh"
@@ -128,6 +129,7 @@ __global__ void __launch_bounds__(kMmaThreads)
     expert_hidden_swiglu_mma(const float* x, const long long* sorted_pair, int k, DeviceExperts<T16> ex,
                              const long long* offsets, const long long* tile_offsets, float* h,
                              long long ldh) {
+  wait_for_previous_kernel();
   using namespace mma_tile;
   ExpertTile tile{};
   if (!find_tile(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;
@@ -212,6 +214,7 @@ template <class T16, bool kVec>
 __global__ void __launch_bounds__(kMmaThreads)
     expert_down_mma(const float* h, long long ldh, DeviceExperts<T16> ex, const long long* offsets,
                     const long long* tile_offsets, float* y_rows) {
+  wait_for_previous_kernel();
   using namespace mma_tile;
   ExpertTile tile{};
   if (!find_tile(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;

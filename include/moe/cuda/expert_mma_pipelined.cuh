@@ -24,6 +24,7 @@
 
 #include <cstring>
 
+#include "moe/cuda/check.cuh"
 #include "moe/cuda/copy.cuh"
 #include "moe/cuda/expert_gemm.cuh"
 #include "moe/cuda/expert_mma.cuh"
@@ -165,6 +166,7 @@ __global__ void __launch_bounds__(kPipeThreads)
     expert_hidden_swiglu_pipelined(const T16* x_rounded, const long long* sorted_pair, int k,
                                    DeviceExperts<T16> ex, const long long* offsets,
                                    const long long* tile_offsets, T16* h, long long ldh) {
+  wait_for_previous_kernel();
   using namespace pipe;
   ExpertTile tile{};
   if (!find_tile<kPipeTileRows>(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;
@@ -219,6 +221,7 @@ template <class T16>
 __global__ void __launch_bounds__(kPipeThreads)
     expert_down_pipelined(const T16* h, long long ldh, DeviceExperts<T16> ex, const long long* offsets,
                           const long long* tile_offsets, float* y_rows) {
+  wait_for_previous_kernel();
   using namespace pipe;
   ExpertTile tile{};
   if (!find_tile<kPipeTileRows>(offsets, tile_offsets, ex.n, blockIdx.x, tile)) return;

@@ -309,6 +309,7 @@ __global__ void __launch_bounds__(kPipeThreads)
     expert_hidden_swiglu_wgmma(const T16* x_rounded, const long long* sorted_pair, int k,
                                DeviceExperts<T16> ex, const long long* offsets, const long long* tile_offsets,
                                T16* h, long long ldh) {
+  wait_for_previous_kernel();
 #if MOE_CUDA_WGMMA
   using namespace wg;
   ExpertTile tile{};
@@ -359,6 +360,7 @@ template <class T16>
 __global__ void __launch_bounds__(kPipeThreads)
     expert_down_wgmma(const T16* h, long long ldh, DeviceExperts<T16> ex, const long long* offsets,
                       const long long* tile_offsets, float* y_rows) {
+  wait_for_previous_kernel();
 #if MOE_CUDA_WGMMA
   using namespace wg;
   ExpertTile tile{};

@@ -169,6 +169,11 @@ class DeviceMoELayer {
     hidden_.upload(hidden.data(), hidden.size());
     const unsigned no_bad_token = 0xffffffffu;  // what check_routing finds until a forward runs
     bad_token_.upload(&no_bad_token, 1);
+    int device = 0;
+    cudaDeviceProp prop{};
+    MOE_CUDA_CHECK(cudaGetDevice(&device));
+    MOE_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    overlap_supported_ = overlap_launches_ = prop.major >= 9;
     reserve(max_tokens);
   }
 
@@ -212,6 +217,20 @@ class DeviceMoELayer {
     few_rows_ = rows;
   }
   int few_rows() const { return few_rows_; }
+  /// Whether each kernel of a forward after the first is launched to overlap the one before it
+  /// (programmatic dependent launch: its launch latency can hide behind the previous kernel's
+  /// tail, which counts at decode, where a forward is 5 short kernels; not yet timed on a GPU).
+  /// Each kernel still waits for the previous one to finish before it reads anything. On by default where the
+  /// GPU has compute capability 9.0 or later, where alone it can be turned on (else moe::Error). A switch so
+  /// that one binary can time both (moe_bench_cuda --no-overlap), and a way out should a driver
+  /// refuse the launches. Same bits either way.
+  void set_overlap_launches(bool on) {
+    MOE_CHECK(!on || overlap_supported_,
+              "CUDA MoE layer: overlapped launches (programmatic dependent launch) need a GPU of compute "
+              "capability 9.0 or later");
+    overlap_launches_ = on;
+  }
+  bool overlap_launches() const { return overlap_launches_; }
   /// Whether forwards take the pipelined 128-row tiles, WMMA or wgmma, past kFewRows rows
   /// (bf16/fp16 weights, d and every m_e multiples of 8, TileKernels kAuto or kWgmma).
   bool pipelined_tiles() const { return pipelined_fits_ && tiles_ != TileKernels::k64; }
@@ -262,9 +281,9 @@ class DeviceMoELayer {
            static_cast<unsigned>((t + kernels::kRouteTokens - 1) / kernels::kRouteTokens),
            kernels::kRouteThreads, stream, x, t, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(),
            weights_.data(), pipelined ? x_rounded_.data() : nullptr);
-    launch(kernels::group_by_expert, 1, kernels::kGroupThreads, stream, ids_.data(), pairs, k_, n_, tile_rows,
-           few_rows_, counts_.data(), offsets_.data(), tile_offsets_.data(), few_experts_.data(),
-           num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
+    launch_next(kernels::group_by_expert, 1, kernels::kGroupThreads, 0, stream, ids_.data(), pairs, k_, n_,
+                tile_rows, few_rows_, counts_.data(), offsets_.data(), tile_offsets_.data(),
+                few_experts_.data(), num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
     // Experts with 1..few_rows_ rows: matrix-vector products (expert_gemv.cuh). At most
@@ -274,13 +293,13 @@ class DeviceMoELayer {
       const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
       const dim3 hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
       const dim3 down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
-      launch(
+      launch_next(
           vec_x ? kernels::expert_hidden_swiglu_few<DW, true> : kernels::expert_hidden_swiglu_few<DW, false>,
-          hidden_grid, kGemvWarps * 32, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+          hidden_grid, kGemvWarps * 32, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
           few_experts_.data(), num_few_.data(), h_.data(), ldh_);
-      launch(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
-             down_grid, kGemvWarps * 32, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
-             num_few_.data(), y_rows_.data());
+      launch_next(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
+                  down_grid, kGemvWarps * 32, 0, stream, h_.data(), ldh_, ex, offsets_.data(),
+                  few_experts_.data(), num_few_.data(), y_rows_.data());
     }
     // The other experts: row tiles (expert_mma_pipelined.cuh or expert_mma.cuh for bf16/fp16,
     // expert_gemm.cuh for float), at most pairs / tile_rows of them plus one partial tile per expert.
@@ -295,33 +314,33 @@ class DeviceMoELayer {
           const dim3 down_tiles(row_tiles, static_cast<unsigned>((d + kCols - 1) / kCols));
           const bool wgmma = tiles_ == TileKernels::kWgmma;
           const int shared = wgmma ? kernels::kWgmmaSharedBytes : kernels::kPipeSharedBytes;
-          launch_with_shared(
+          launch_next(
               wgmma ? kernels::expert_hidden_swiglu_wgmma<DW> : kernels::expert_hidden_swiglu_pipelined<DW>,
               grid, kPipeThreads, shared, stream, x_rounded_.data(), sorted_pair_.data(), k_, ex,
               offsets_.data(), tile_offsets_.data(), h_rounded_.data(), ldh_);
-          launch_with_shared(wgmma ? kernels::expert_down_wgmma<DW> : kernels::expert_down_pipelined<DW>,
-                             down_tiles, kPipeThreads, shared, stream, h_rounded_.data(), ldh_, ex,
-                             offsets_.data(), tile_offsets_.data(), y_rows_.data());
+          launch_next(wgmma ? kernels::expert_down_wgmma<DW> : kernels::expert_down_pipelined<DW>, down_tiles,
+                      kPipeThreads, shared, stream, h_rounded_.data(), ldh_, ex, offsets_.data(),
+                      tile_offsets_.data(), y_rows_.data());
         } else {
           // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
           // vec_hidden_: every m_e).
-          launch(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
-                       : kernels::expert_hidden_swiglu_mma<DW, false>,
-                 hidden_grid, kMmaThreads, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
-                 tile_offsets_.data(), h_.data(), ldh_);
-          launch(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
-                 down_grid, kMmaThreads, stream, h_.data(), ldh_, ex, offsets_.data(), tile_offsets_.data(),
-                 y_rows_.data());
+          launch_next(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
+                            : kernels::expert_hidden_swiglu_mma<DW, false>,
+                      hidden_grid, kMmaThreads, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+                      tile_offsets_.data(), h_.data(), ldh_);
+          launch_next(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
+                      down_grid, kMmaThreads, 0, stream, h_.data(), ldh_, ex, offsets_.data(),
+                      tile_offsets_.data(), y_rows_.data());
         }
       } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
-        launch(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, stream, x, sorted_pair_.data(),
-               k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-        launch(kernels::expert_down<DW>, down_grid, kGemmThreads, stream, h_.data(), ldh_, ex,
-               offsets_.data(), tile_offsets_.data(), y_rows_.data());
+        launch_next(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, 0, stream, x,
+                    sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+        launch_next(kernels::expert_down<DW>, down_grid, kGemmThreads, 0, stream, h_.data(), ldh_, ex,
+                    offsets_.data(), tile_offsets_.data(), y_rows_.data());
       }
     }
-    launch(kernels::combine, static_cast<unsigned>(t), 256, stream, y_rows_.data(), d, ids_.data(),
-           weights_.data(), row_of_.data(), k_, scale_, y);
+    launch_next(kernels::combine, static_cast<unsigned>(t), 256, 0, stream, y_rows_.data(), d, ids_.data(),
+                weights_.data(), row_of_.data(), k_, scale_, y);
   }
 
   /// The host convenience: copies x in, runs forward, copies y out, synchronises, and throws
@@ -397,6 +416,17 @@ class DeviceMoELayer {
   }
 
  private:
+  /// A kernel of forward after its first: launch_overlapping where overlap_launches(), else
+  /// launch_with_shared. (The first follows whatever came before it on the stream, the plain way.)
+  template <class... Params, class... Args>
+  void launch_next(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                   cudaStream_t stream, Args&&... args) const {
+    if (overlap_launches_)
+      launch_overlapping(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+    else
+      launch_with_shared(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+  }
+
   void check_last_tokens(const char* what, Index tokens) const {
     MOE_CHECK(last_tokens_ >= 0, "CUDA MoE layer: " << what << " before any forward");
     MOE_CHECK(tokens == last_tokens_, "CUDA MoE layer: " << what << " of " << tokens
@@ -423,8 +453,10 @@ class DeviceMoELayer {
   bool vec_hidden_ = true;       ///< every m_e a whole number of 16-byte weight vectors
   bool pipelined_fits_ = false;  ///< 16-bit weights, d and every m_e multiples of 8
   TileKernels tiles_ = TileKernels::kAuto;
-  bool wgmma_ready_ = false;  ///< kWgmma checked and its kernels' shared memory limit raised
-  int few_rows_ = kFewRows;   ///< experts with 1..few_rows_ rows take the matrix-vector kernels
+  bool wgmma_ready_ = false;        ///< kWgmma checked and its kernels' shared memory limit raised
+  bool overlap_supported_ = false;  ///< the GPU's compute capability is 9.0 or later
+  bool overlap_launches_ = false;
+  int few_rows_ = kFewRows;  ///< experts with 1..few_rows_ rows take the matrix-vector kernels
   Index capacity_ = 0;
   Index last_tokens_ = -1;  ///< T of the last forward queued; -1 before the first
   DeviceRouterOptions opt_;

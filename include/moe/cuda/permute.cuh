@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include "moe/cuda/check.cuh"
 #include "moe/cuda/routing.cuh"
 
 namespace moe::cuda::kernels {
@@ -35,6 +36,7 @@ static __global__ void __launch_bounds__(kGroupThreads)
     group_by_expert(const int* ids, long long pairs, int k, int n, int tile_rows, int few_rows, int* counts,
                     long long* offsets, long long* tile_offsets, int* few_experts, int* num_few,
                     long long* sorted_pair, long long* row_of, unsigned* bad_token) {
+  wait_for_previous_kernel();
   __shared__ int count[kMaxExperts];
   __shared__ long long next_row[kMaxExperts];          // expert e's first row of this round
   __shared__ int warp_hits[kGroupWarps][kMaxExperts];  // pairs of expert e in warp w this round

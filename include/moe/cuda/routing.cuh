@@ -12,6 +12,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "moe/cuda/check.cuh"
 #include "moe/cuda/round_to.cuh"
 #include "moe/math.hpp"
 
@@ -110,6 +111,7 @@ template <class R, bool kVec>
 __global__ void __launch_bounds__(kRouteThreads)
     route_tokens(const float* x, long long tokens, const float* w_router, long long d, int n, int k,
                  DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
+  wait_for_previous_kernel();
   constexpr int V = kVec ? 4 : 1;
   constexpr int kWarps = kRouteThreads / 32;
   __shared__ float partial[kWarps][kRouteTokens][kRouteExperts];

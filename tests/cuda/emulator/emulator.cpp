@@ -144,6 +144,7 @@ struct Fiber {
   void* stack_base = nullptr;  // mmap'd, lowest page a guard
   void* sp = nullptr;
   bool done = false;
+  bool waited_for_previous_kernel = false;  // wait_for_previous_kernel (check.cuh) was called
   AsyncGroups<AsyncCopy> copies;
   AsyncGroups<Wgmma> products;
 #if defined(MOE_EMU_ASAN)
@@ -235,6 +236,7 @@ void prepare(Fiber& f) {
   for (int i = 3; i <= 8; ++i) top[-i] = 0;  // rbp, rbx, r12..r15
   f.sp = &top[-8];
   f.done = false;
+  f.waited_for_previous_kernel = false;
   f.copies.clear();
   f.products.clear();
 }
@@ -326,6 +328,10 @@ void run_grid(dim3 grid, dim3 block, std::size_t shared_bytes, const std::functi
 }
 
 void trap(const char* what) { fail(what); }
+
+void wait_for_previous_kernel() { current_fiber().waited_for_previous_kernel = true; }
+
+bool waited_for_previous_kernel() { return current_fiber().waited_for_previous_kernel; }
 
 // cp.async. Under kForward a copy lands at the wait that covers it, the latest a GPU may land it,
 // so a stage read before its wait reads the 0xff bytes of fresh shared memory or an older stage;

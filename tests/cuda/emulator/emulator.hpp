@@ -180,6 +180,10 @@ void sync_block();
 void sync_warp();
 /// Aborts the program, naming the block and thread (a kernel's __trap, or a check of the emulator).
 [[noreturn]] void trap(const char* what);
+/// check.cuh's wait_for_previous_kernel for the calling thread, and whether it has called it since
+/// its kernel started.
+void wait_for_previous_kernel();
+bool waited_for_previous_kernel();
 /// The calling lane's warp's exchange area: 32 words for shuffles, ballots and matches, three 16 x 16 float
 /// tiles for mma_sync.
 struct WarpScratch {
@@ -212,6 +216,23 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared
   if (!valid_launch(grid, block, shared_bytes, reinterpret_cast<const void*>(kernel))) return;
   std::function<void()> body = [kernel, params = std::make_tuple(static_cast<Params>(args)...)] {
     std::apply(kernel, params);
+  };
+  enqueue(stream, [grid, block, shared_bytes, body] { run_grid(grid, block, shared_bytes, body); });
+}
+
+/// check.cuh's launch_overlapping (programmatic dependent launch): runs the kernel as launch does,
+/// since one after another is an order a GPU may run them in too, and stops the program if a thread
+/// of it returns without having called wait_for_previous_kernel, without which it could read an
+/// earlier kernel's output before that kernel has written it. (Where in the kernel the call is
+/// cannot be checked here: it is the kernel's first statement.)
+template <class... Params, class... Args>
+void launch_overlapping(void (*kernel)(Params...), dim3 grid, dim3 block, std::size_t shared_bytes,
+                        cudaStream_t stream, Args&&... args) {
+  if (!valid_launch(grid, block, shared_bytes, reinterpret_cast<const void*>(kernel))) return;
+  std::function<void()> body = [kernel, params = std::make_tuple(static_cast<Params>(args)...)] {
+    std::apply(kernel, params);
+    if (!waited_for_previous_kernel())
+      trap("a kernel launched to overlap the previous one returned without wait_for_previous_kernel()");
   };
   enqueue(stream, [grid, block, shared_bytes, body] { run_grid(grid, block, shared_bytes, body); });
 }
