@@ -211,13 +211,14 @@ TEST_CASE("CUDA layer: N = 256, k = 8, most experts empty at T = 7", "[cuda]") {
   check_layer(layer, 300, 11);
 }
 
-TEST_CASE("CUDA layer: the router's partial passes: N = 13, 1 to 17 tokens, scalar and vector chunks",
+TEST_CASE("CUDA layer: the router's partial passes and the matrix-vector row bounds: N = 13, 1 to 17 tokens",
           "[cuda]") {
   // route_tokens takes 8 tokens and 8 experts a pass: here a last pass of 5 experts, blocks of 1,
-  // 8 and 1 tokens, and chunks of 4 floats (d = 200) or of 1 (d = 202).
+  // 3, 8 and 1 tokens, and chunks of 4 floats (d = 200) or of 1 (d = 202). And the matrix-vector
+  // kernels for experts of at most 1 row (T = 1), 4 (T = 3) and 16 rows.
   for (Index d : {200, 202}) {
     const auto layer = cudatest::random_layer(d, 40, 13, 3, 31);
-    for (Index t : {1, 9, 17}) check_layer(layer, t, 200 + static_cast<std::uint64_t>(t));
+    for (Index t : {1, 3, 9, 17}) check_layer(layer, t, 200 + static_cast<std::uint64_t>(t));
   }
   // x not 16-byte aligned (d = 200 would allow float4 chunks): the scalar chunks, the same logits
   // to the CPU's rounding, so the same routing and the same output to float rounding.

@@ -69,21 +69,25 @@ __device__ inline void load_floats(const float* p, float* out) {
 }
 
 /// out[r] += Σ_k a_r[k]·w[k] over one warp's share of k < depth (lane l: the 16-byte chunks
-/// l, l + 32, ... when kVec, else the single k ≡ l mod 32), for the `rows` row pointers a_r.
-/// kVec: depth a multiple of kVector<W>, w and every a_r 16-byte aligned.
-template <int kMats, bool kVec, class W>
-__device__ inline void warp_dots(const W* const (&w)[kMats], const float* const (&a)[kFewRows], int rows,
-                                 long long depth, float (&acc)[kMats][kFewRows]) {
+/// l, l + 32, ... when kVec, else the single k ≡ l mod 32), for the `rows` (<= kRows) row pointers
+/// a_r. kVec: depth a multiple of kVector<W>, w and every a_r 16-byte aligned. Each row's sum is
+/// the same whatever kRows and rows are.
+template <int kMats, int kRows, bool kVec, class W>
+__device__ inline void warp_dots(const W* const (&w)[kMats], const float* const (&a)[kRows], int rows,
+                                 long long depth, float (&acc)[kMats][kRows]) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   if constexpr (kVec) {
     constexpr int V = kVector<W>;
-#pragma unroll 2
+    // 16-byte loads in flight per lane and weight matrix: more where few rows leave registers.
+    // ([[maybe_unused]]: a host compiler that does not know #pragma unroll, the emulator's.)
+    [[maybe_unused]] constexpr int kUnroll = kRows <= 4 ? 4 : 2;
+#pragma unroll kUnroll
     for (long long k0 = static_cast<long long>(lane) * V; k0 < depth; k0 += 32 * V) {
       float wv[kMats][V];
 #pragma unroll
       for (int q = 0; q < kMats; ++q) load_widened(w[q] + k0, wv[q]);
 #pragma unroll
-      for (int r = 0; r < kFewRows; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         if (r >= rows) break;
         float av[V];
         load_floats<V>(a[r] + k0, av);
@@ -99,7 +103,7 @@ __device__ inline void warp_dots(const W* const (&w)[kMats], const float* const 
 #pragma unroll
       for (int q = 0; q < kMats; ++q) wv[q] = widen(w[q][k]);
 #pragma unroll
-      for (int r = 0; r < kFewRows; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         if (r >= rows) break;
         const float av = a[r][k];
 #pragma unroll
@@ -110,9 +114,11 @@ __device__ inline void warp_dots(const W* const (&w)[kMats], const float* const 
 }
 
 /// h(row, c) = (x·W_up)(row, c) · SiLU((x·W_gate)(row, c)) for the rows of the experts in
-/// few_experts[0 .. *num_few) (each 1..kFewRows rows), x's rows gathered by token. Grid:
+/// few_experts[0 .. *num_few) (each 1..kRows rows), x's rows gathered by token. Grid:
 /// (min(N, pairs), ceil(max m / kGemvWarps)), kGemvWarps warps; one warp per column c.
-template <class W, bool kVec>
+/// kRows <= kFewRows: the rows an expert can have here (min(T, few_rows), since a token routes to an
+/// expert at most once); fewer rows, fewer registers, more warps resident (at T = 1, all of them).
+template <class W, bool kVec, int kRows>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     expert_hidden_swiglu_few(const float* x, const long long* sorted_pair, int k, DeviceExperts<W> ex,
                              const long long* offsets, const int* few_experts, const int* num_few, float* h,
@@ -122,17 +128,18 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int e = few_experts[blockIdx.x];
   const long long row0 = offsets[e];
   const int rows = static_cast<int>(offsets[e + 1] - row0);
+  if (rows > kRows) __trap();  // the launch's bound is wrong: never skip rows silently
   const long long c = static_cast<long long>(blockIdx.y) * kGemvWarps + threadIdx.x / 32;
   if (c >= ex.hidden[e]) return;  // the whole warp: c is the same in its lanes
   const long long d = ex.d;
   const W* const w[2] = {ex.gate + ex.weight_offset[e] + c * d, ex.up + ex.weight_offset[e] + c * d};
-  const float* a[kFewRows];
+  const float* a[kRows];
 #pragma unroll
-  for (int r = 0; r < kFewRows; ++r) a[r] = r < rows ? x + sorted_pair[row0 + r] / k * d : x;
-  float acc[2][kFewRows] = {};
-  warp_dots<2, kVec>(w, a, rows, d, acc);
+  for (int r = 0; r < kRows; ++r) a[r] = r < rows ? x + sorted_pair[row0 + r] / k * d : x;
+  float acc[2][kRows] = {};
+  warp_dots<2, kRows, kVec>(w, a, rows, d, acc);
 #pragma unroll
-  for (int r = 0; r < kFewRows; ++r) {
+  for (int r = 0; r < kRows; ++r) {
     if (r >= rows) break;
     const float g = warp_sum(acc[0][r]), u = warp_sum(acc[1][r]);
     if (threadIdx.x % 32 == 0) h[(row0 + r) * ldh + c] = u * silu(g);
@@ -140,8 +147,8 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 }
 
 /// y_rows(row, c) = h(row, :)·W_down(:, c) for the rows of the experts in few_experts. h: row r
-/// at h + r·ldh. Grid: (min(N, pairs), ceil(d / kGemvWarps)), kGemvWarps warps.
-template <class W, bool kVec>
+/// at h + r·ldh. Grid: (min(N, pairs), ceil(d / kGemvWarps)), kGemvWarps warps; kRows as above.
+template <class W, bool kVec, int kRows>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     expert_down_few(const float* h, long long ldh, DeviceExperts<W> ex, const long long* offsets,
                     const int* few_experts, const int* num_few, float* y_rows) {
@@ -150,16 +157,17 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int e = few_experts[blockIdx.x];
   const long long row0 = offsets[e], d = ex.d, m = ex.hidden[e];
   const int rows = static_cast<int>(offsets[e + 1] - row0);
+  if (rows > kRows) __trap();
   const long long c = static_cast<long long>(blockIdx.y) * kGemvWarps + threadIdx.x / 32;
   if (c >= d) return;
   const W* const w[1] = {ex.down + ex.weight_offset[e] + c * m};
-  const float* a[kFewRows];
+  const float* a[kRows];
 #pragma unroll
-  for (int r = 0; r < kFewRows; ++r) a[r] = h + (row0 + (r < rows ? r : 0)) * ldh;
-  float acc[1][kFewRows] = {};
-  warp_dots<1, kVec>(w, a, rows, m, acc);
+  for (int r = 0; r < kRows; ++r) a[r] = h + (row0 + (r < rows ? r : 0)) * ldh;
+  float acc[1][kRows] = {};
+  warp_dots<1, kRows, kVec>(w, a, rows, m, acc);
 #pragma unroll
-  for (int r = 0; r < kFewRows; ++r) {
+  for (int r = 0; r < kRows; ++r) {
     if (r >= rows) break;
     const float y = warp_sum(acc[0][r]);
     if (threadIdx.x % 32 == 0) y_rows[(row0 + r) * d + c] = y;

@@ -286,20 +286,18 @@ class DeviceMoELayer {
                 few_experts_.data(), num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
         gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
-    // Experts with 1..few_rows_ rows: matrix-vector products (expert_gemv.cuh). At most
-    // min(N, pairs) experts have rows: the grid is sized without reading the counts back.
+    // Experts with 1..few_rows_ rows: matrix-vector products (launch_few).
     const bool vec_x = d % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
     if (few_rows_ > 0) {
-      const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
-      const dim3 hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
-      const dim3 down_grid(few_slots, static_cast<unsigned>((d + kGemvWarps - 1) / kGemvWarps));
-      launch_next(
-          vec_x ? kernels::expert_hidden_swiglu_few<DW, true> : kernels::expert_hidden_swiglu_few<DW, false>,
-          hidden_grid, kGemvWarps * 32, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
-          few_experts_.data(), num_few_.data(), h_.data(), ldh_);
-      launch_next(vec_hidden_ ? kernels::expert_down_few<DW, true> : kernels::expert_down_few<DW, false>,
-                  down_grid, kGemvWarps * 32, 0, stream, h_.data(), ldh_, ex, offsets_.data(),
-                  few_experts_.data(), num_few_.data(), y_rows_.data());
+      // A token routes to an expert at most once, so an expert here has at most min(T, few_rows_)
+      // rows: the kernels' register arrays are sized to that (at T = 1, one row).
+      const long long rows = std::min<long long>(t, few_rows_);
+      if (rows <= 1)
+        launch_few<1>(x, vec_x, ex, pairs, stream);
+      else if (rows <= 4)
+        launch_few<4>(x, vec_x, ex, pairs, stream);
+      else
+        launch_few<kFewRows>(x, vec_x, ex, pairs, stream);
     }
     // The other experts: row tiles (expert_mma_pipelined.cuh or expert_mma.cuh for bf16/fp16,
     // expert_gemm.cuh for float), at most pairs / tile_rows of them plus one partial tile per expert.
@@ -425,6 +423,24 @@ class DeviceMoELayer {
       launch_overlapping(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
     else
       launch_with_shared(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+  }
+
+  /// The matrix-vector kernels of forward (expert_gemv.cuh) for experts of at most kRows rows. At
+  /// most min(N, pairs) experts have rows: the grid is sized without reading the counts back.
+  template <int kRows>
+  void launch_few(const float* x, bool vec_x, const kernels::DeviceExperts<DW>& ex, long long pairs,
+                  cudaStream_t stream) {
+    const auto few_slots = static_cast<unsigned>(std::min<long long>(n_, pairs));
+    const dim3 hidden_grid(few_slots, static_cast<unsigned>((max_hidden_ + kGemvWarps - 1) / kGemvWarps));
+    const dim3 down_grid(few_slots, static_cast<unsigned>((d_ + kGemvWarps - 1) / kGemvWarps));
+    launch_next(vec_x ? kernels::expert_hidden_swiglu_few<DW, true, kRows>
+                      : kernels::expert_hidden_swiglu_few<DW, false, kRows>,
+                hidden_grid, kGemvWarps * 32, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+                few_experts_.data(), num_few_.data(), h_.data(), ldh_);
+    launch_next(
+        vec_hidden_ ? kernels::expert_down_few<DW, true, kRows> : kernels::expert_down_few<DW, false, kRows>,
+        down_grid, kGemvWarps * 32, 0, stream, h_.data(), ldh_, ex, offsets_.data(), few_experts_.data(),
+        num_few_.data(), y_rows_.data());
   }
 
   void check_last_tokens(const char* what, Index tokens) const {
