@@ -220,10 +220,10 @@ class DeviceMoELayer {
   /// Whether each kernel of a forward after the first is launched to overlap the one before it
   /// (programmatic dependent launch: its launch latency can hide behind the previous kernel's
   /// tail, which counts at decode, where a forward is 5 short kernels; not yet timed on a GPU).
-  /// Each kernel still waits for the previous one to finish before it reads anything. On by default where the
-  /// GPU has compute capability 9.0 or later, where alone it can be turned on (else moe::Error). A switch so
-  /// that one binary can time both (moe_bench_cuda --no-overlap), and a way out should a driver
-  /// refuse the launches. Same bits either way.
+  /// Each kernel still waits for the previous one to finish before it reads anything, so the bits
+  /// are the same either way. On by default where the GPU has compute capability 9.0 or later,
+  /// where alone it can be turned on (else moe::Error). A switch so that one binary can time both
+  /// (moe_bench_cuda --no-overlap), and a way out should a driver refuse the launches.
   void set_overlap_launches(bool on) {
     MOE_CHECK(!on || overlap_supported_,
               "CUDA MoE layer: overlapped launches (programmatic dependent launch) need a GPU of compute "
