@@ -356,6 +356,10 @@ TEST_CASE("CUDA layer: a forward captured in a CUDA graph gives the same bits", 
   cuda::DeviceMoELayer<float> gpu(layer);
   constexpr Index kTokens = 64;
   gpu.reserve(kTokens);
+  // Both ways of launching, so that a capture that fails only one way says which.
+  SECTION("plain launches") { gpu.set_overlap_launches(false); }
+  SECTION("the default launches: overlapped on compute capability 9.0 and later") {}
+  INFO("overlapped launches: " << gpu.overlap_launches());
   const RowMatrix<float> x = input(kTokens, 256, 23);
   RowMatrix<float> direct(kTokens, 256), graphed(kTokens, 256);
   gpu.forward(x, direct);
