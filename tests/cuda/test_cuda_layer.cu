@@ -213,9 +213,9 @@ TEST_CASE("CUDA layer: N = 256, k = 8, most experts empty at T = 7", "[cuda]") {
 
 TEST_CASE("CUDA layer: the router's partial passes and the matrix-vector row bounds: N = 13, 1 to 17 tokens",
           "[cuda]") {
-  // route_tokens takes 8 tokens and 8 experts a pass: here a last pass of 5 experts, blocks of 1,
-  // 3, 8 and 1 tokens, and chunks of 4 floats (d = 200) or of 1 (d = 202). And the matrix-vector
-  // kernels for experts of at most 1 row (T = 1), 4 (T = 3) and 16 rows.
+  // route_tokens takes 8 experts a pass: here a last pass of 5 experts; blocks of one token (T = 1,
+  // 3), of 8 and 1 (T = 9), of 8, 8 and 1 (T = 17); chunks of 4 floats (d = 200) or of 1 (d = 202).
+  // And the matrix-vector kernels for experts of at most 1 row (T = 1), 4 (T = 3) and 16 rows.
   for (Index d : {200, 202}) {
     const auto layer = cudatest::random_layer(d, 40, 13, 3, 31);
     for (Index t : {1, 3, 9, 17}) check_layer(layer, t, 200 + static_cast<std::uint64_t>(t));
@@ -240,6 +240,43 @@ TEST_CASE("CUDA layer: the router's partial passes and the matrix-vector row bou
   router_logits<float>(x, layer.router_weight(), cpu_logits);
   CHECK(testutil::rel_err(logits, cpu_logits) <= 1e-5);
   CHECK(testutil::rel_err(shifted, aligned) <= 1e-5);
+}
+
+TEST_CASE("CUDA layer: a token's logits, and its output on the matrix-vector path, do not depend on T",
+          "[cuda]") {
+  // Below 8 tokens route_tokens gives each token a block and loads 4 of a thread's chunks before it
+  // multiplies; from 8 on, 8 tokens a block and one chunk. Each thread sums the same chunks in the
+  // same order either way, so a token's logits are the same bits at any T. d = 2100 (525 chunks of
+  // 4): a thread's 2nd and a partial 3rd of its 4 chunks; d = 1030 (scalar chunks): all 4, then a
+  // second step for a few threads.
+  // The matrix-vector kernels' rows and the combine are per-row sums too: with every expert at
+  // most kFewRows rows, the output is the same bits as well.
+  for (Index d : {2100, 1030}) {
+    INFO("d=" << d);
+    const auto layer = cudatest::random_layer(d, 40, 8, 2, 34);
+    const RowMatrix<float> x = input(17, d, 35);
+    cuda::DeviceMoELayer<float> gpu(layer, 17);
+    RowMatrix<float> all_y(17, d), all_logits;
+    gpu.forward(x, all_y);
+    gpu.last_logits(17, all_logits);
+    IdMatrix ids;
+    RowMatrix<float> weights;
+    std::vector<int> counts;
+    gpu.last_routing(17, ids, weights, counts);
+    REQUIRE(*std::max_element(counts.begin(), counts.end()) <= cuda::kFewRows);  // no tiles at T = 17
+    for (Index t : {1, 3, 7, 9}) {
+      INFO("T=" << t);
+      RowMatrix<float> y(t, d), logits;
+      gpu.forward(x.topRows(t), y);
+      gpu.last_logits(t, logits);
+      CHECK(testutil::bitwise_equal(logits, all_logits.topRows(t)));
+      CHECK(testutil::bitwise_equal(y, all_y.topRows(t)));
+    }
+  }
+  // The rounded copy of x the tile kernels read, written by the one-token blocks over a thread's
+  // first and a partial second chunk (d = 1056: 264 chunks of 4), with every expert on the tiles.
+  const auto bf16 = cudatest::random_layer<Eigen::bfloat16>(1056, 40, 13, 3, 36);
+  for (Index t : {1, 3}) check_layer(bf16, t, 37 + static_cast<std::uint64_t>(t), 0);
 }
 
 TEST_CASE("CUDA layer: every token on one expert (a zero router: all logits tie, lowest index wins)",

@@ -277,8 +277,16 @@ class DeviceMoELayer {
     const bool pipelined = pipelined_tiles() && tile_experts > 0;
     const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
     const bool vec_route = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-    launch(vec_route ? kernels::route_tokens<DW, true> : kernels::route_tokens<DW, false>,
-           static_cast<unsigned>((t + kernels::kRouteTokens - 1) / kernels::kRouteTokens),
+    // Below kRouteTokens tokens, a block per token: T blocks at once, each with all its loads in
+    // flight (route_tokens).
+    using kernels::kRouteTokens;
+    const bool one_token = t < kRouteTokens;
+    const auto route =
+        vec_route
+            ? (one_token ? kernels::route_tokens<DW, true, 1> : kernels::route_tokens<DW, true, kRouteTokens>)
+            : (one_token ? kernels::route_tokens<DW, false, 1>
+                         : kernels::route_tokens<DW, false, kRouteTokens>);
+    launch(route, static_cast<unsigned>(one_token ? t : (t + kRouteTokens - 1) / kRouteTokens),
            kernels::kRouteThreads, stream, x, t, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(),
            weights_.data(), pipelined ? x_rounded_.data() : nullptr);
     launch_next(kernels::group_by_expert, 1, kernels::kGroupThreads, 0, stream, ids_.data(), pairs, k_, n_,

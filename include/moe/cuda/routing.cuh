@@ -74,11 +74,18 @@ __device__ inline void route_one(const float* z, int n, int k, const DeviceRoute
   }
 }
 
-/// Tokens and experts one block of route_tokens takes per pass over x and W_r, and its threads.
+/// Tokens and experts one block of route_tokens takes per pass over x and W_r (from T = 8 on;
+/// below that a block takes one token), and its threads.
 constexpr int kRouteTokens = 8;
 constexpr int kRouteExperts = 8;
 constexpr int kRouteThreads = 256;
 static_assert(kRouteThreads >= kRouteTokens * kRouteExperts, "a thread per (token, expert) adds the warps");
+
+/// Chunks a thread of route_tokens loads before it multiplies any. A block of one token has the
+/// registers for 4, which at d = 4096 (1024 chunks of 4 floats) are all of a thread's chunks: one
+/// memory round trip for the pass, not four (T = 1 waits on them all).
+template <int kTokens>
+constexpr int kRouteDepth = kTokens == 1 ? 4 : 1;
 
 /// V consecutive floats at p (16-byte aligned when V = 4).
 template <int V>
@@ -94,58 +101,73 @@ __device__ inline void load_chunk(const float* p, float (&out)[V]) {
 
 /// The router: logits(t, e) = Σ_i x(t, i)·W_r(i, e), then per token its softmax, top-k and
 /// weights (route_one). One kernel, not two: at T = 1 a launch costs about what the routing does.
-/// A block takes kRouteTokens tokens; for every kRouteExperts experts, thread j sums the chunks
-/// c ≡ j (mod kRouteThreads) of V floats in order, loading each expert's chunk of W_r once for all
-/// the block's tokens; then a fixed butterfly (warp_sum) and the warps in order add the threads.
-/// So a thread has kRouteExperts independent loads in flight per chunk (the latency of one chain
-/// of dependent loads, 128 of them per warp when a warp summed one expert, would dominate T = 1),
-/// W_r is read once per kRouteTokens tokens (not once per token: 128 KB per token at N = 8,
-/// d = 4096), and a logit is the same function of its token's row whatever T is.
-/// Grid: ceil(tokens / kRouteTokens) blocks of kRouteThreads threads. kVec: chunks of 4 floats, so
-/// d a multiple of 4 and x 16-byte aligned. w_router: column e at w_router + e·d (d x N,
+/// A block takes kTokens tokens (1 or kRouteTokens); for every kRouteExperts experts, thread j sums
+/// the chunks c ≡ j (mod kRouteThreads) of V floats in order, loading each expert's chunk of W_r
+/// once for all the block's tokens; then a fixed butterfly (warp_sum) and the warps in order add the
+/// threads. A thread issues all the loads of kRouteDepth chunks (every expert's and every token's)
+/// before it multiplies, so they are in flight together: one memory round trip a step, where a
+/// load of x behind each token's products made one a token. W_r is read once per block (not once
+/// per token at T >= 8: 128 KB per token at N = 8, d = 4096), and a logit is the same function of
+/// its token's row whatever T is: the same chunks in the same order, whatever kTokens.
+/// Grid: ceil(tokens / kTokens) blocks of kRouteThreads threads. kVec: chunks of 4 floats, so d a
+/// multiple of 4 and x 16-byte aligned. w_router: column e at w_router + e·d (d x N,
 /// column-major, as RouterGate stores it). logits (T x N) are kept for inspection.
 /// x_rounded (T x d, R a 16-bit type; null: none): x rounded to R, the pipelined tensor-core tiles'
 /// operand (expert_mma_pipelined.cuh), written here because this kernel reads x anyway. R = float
 /// writes nothing.
-template <class R, bool kVec>
+template <class R, bool kVec, int kTokens>
 __global__ void __launch_bounds__(kRouteThreads)
     route_tokens(const float* x, long long tokens, const float* w_router, long long d, int n, int k,
                  DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
   wait_for_previous_kernel();
-  constexpr int V = kVec ? 4 : 1;
+  static_assert(kTokens == 1 || kTokens == kRouteTokens, "one token a block, or kRouteTokens");
+  constexpr int V = kVec ? 4 : 1, kDepth = kRouteDepth<kTokens>;
   constexpr int kWarps = kRouteThreads / 32;
-  __shared__ float partial[kWarps][kRouteTokens][kRouteExperts];
-  __shared__ float z[kRouteTokens][kMaxExperts];
-  const long long t0 = static_cast<long long>(blockIdx.x) * kRouteTokens;
-  const int here = static_cast<int>(tokens - t0 < kRouteTokens ? tokens - t0 : kRouteTokens);
+  __shared__ float partial[kWarps][kTokens][kRouteExperts];
+  __shared__ float z[kTokens][kMaxExperts];
+  const long long t0 = static_cast<long long>(blockIdx.x) * kTokens;
+  const int here = static_cast<int>(tokens - t0 < kTokens ? tokens - t0 : kTokens);
   const int tid = static_cast<int>(threadIdx.x), lane = tid % 32, warp = tid / 32;
   const long long chunks = d / V;
   for (int e0 = 0; e0 < n; e0 += kRouteExperts) {
     const int experts = n - e0 < kRouteExperts ? n - e0 : kRouteExperts;
-    float acc[kRouteTokens][kRouteExperts] = {};
-    for (long long c = tid; c < chunks; c += kRouteThreads) {
-      float w[kRouteExperts][V] = {};
+    float acc[kTokens][kRouteExperts] = {};
+    for (long long c0 = tid; c0 < chunks; c0 += kDepth * kRouteThreads) {
+      // The loads, unconditionally: a chunk, expert or token past the end reads the last one in
+      // bounds instead (its products are never used), so no branch separates the loads.
+      float w[kDepth][kRouteExperts][V], xv[kDepth][kTokens][V];
 #pragma unroll
-      for (int g = 0; g < kRouteExperts; ++g)
-        if (g < experts) load_chunk<V>(w_router + (e0 + g) * d + c * V, w[g]);
-#pragma unroll
-      for (int j = 0; j < kRouteTokens; ++j) {
-        if (j >= here) break;
-        float xv[V];
-        load_chunk<V>(x + (t0 + j) * d + c * V, xv);
-        if constexpr (!std::is_same_v<R, float>) {
-          if (x_rounded && e0 == 0)
-#pragma unroll
-            for (int v = 0; v < V; ++v) x_rounded[(t0 + j) * d + c * V + v] = round_to<R>(xv[v]);
-        }
+      for (int u = 0; u < kDepth; ++u) {
+        const long long c = c0 + u * kRouteThreads < chunks ? c0 + u * kRouteThreads : chunks - 1;
 #pragma unroll
         for (int g = 0; g < kRouteExperts; ++g)
+          load_chunk<V>(w_router + (e0 + g < n ? e0 + g : n - 1) * d + c * V, w[u][g]);
 #pragma unroll
-          for (int v = 0; v < V; ++v) acc[j][g] = fmaf(xv[v], w[g][v], acc[j][g]);
+        for (int j = 0; j < kTokens; ++j)
+          load_chunk<V>(x + (t0 + (j < here ? j : here - 1)) * d + c * V, xv[u][j]);
+      }
+      // The products, chunk by chunk in order.
+#pragma unroll
+      for (int u = 0; u < kDepth; ++u) {
+        const long long c = c0 + u * kRouteThreads;
+        if (c >= chunks) break;
+#pragma unroll
+        for (int j = 0; j < kTokens; ++j) {
+          if (j >= here) break;
+          if constexpr (!std::is_same_v<R, float>) {
+            if (x_rounded && e0 == 0)
+#pragma unroll
+              for (int v = 0; v < V; ++v) x_rounded[(t0 + j) * d + c * V + v] = round_to<R>(xv[u][j][v]);
+          }
+#pragma unroll
+          for (int g = 0; g < kRouteExperts; ++g)
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[j][g] = fmaf(xv[u][j][v], w[u][g][v], acc[j][g]);
+        }
       }
     }
 #pragma unroll
-    for (int j = 0; j < kRouteTokens; ++j) {
+    for (int j = 0; j < kTokens; ++j) {
       if (j >= here) break;
 #pragma unroll
       for (int g = 0; g < kRouteExperts; ++g) {
