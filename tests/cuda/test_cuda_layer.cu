@@ -220,8 +220,9 @@ TEST_CASE("CUDA layer: the router's partial passes and the matrix-vector row bou
     const auto layer = cudatest::random_layer(d, 40, 13, 3, 31);
     for (Index t : {1, 3, 9, 17}) check_layer(layer, t, 200 + static_cast<std::uint64_t>(t));
   }
-  // x not 16-byte aligned (d = 200 would allow float4 chunks): the scalar chunks, the same logits
-  // to the CPU's rounding, so the same routing and the same output to float rounding.
+  // x and y not 16-byte aligned (d = 200 would allow float4 chunks): the router's and the
+  // combine's scalar chunks, the same logits to the CPU's rounding, so the same routing and the
+  // same output to float rounding.
   const auto layer = cudatest::random_layer(200, 40, 13, 3, 32);
   constexpr Index kTokens = 9;
   const RowMatrix<float> x = input(kTokens, 200, 33);
@@ -232,9 +233,9 @@ TEST_CASE("CUDA layer: the router's partial passes and the matrix-vector row bou
   std::copy(x.data(), x.data() + x.size(), x_shifted.begin() + 1);
   cuda::DeviceBuffer<float> xd, yd;
   xd.upload(x_shifted.data(), x_shifted.size());
-  yd.reserve(static_cast<std::size_t>(x.size()));
-  gpu.forward(xd.data() + 1, yd.data(), kTokens);
-  MOE_CUDA_CHECK(cudaMemcpy(shifted.data(), yd.data(), sizeof(float) * static_cast<std::size_t>(x.size()),
+  yd.reserve(static_cast<std::size_t>(x.size()) + 1);
+  gpu.forward(xd.data() + 1, yd.data() + 1, kTokens);
+  MOE_CUDA_CHECK(cudaMemcpy(shifted.data(), yd.data() + 1, sizeof(float) * static_cast<std::size_t>(x.size()),
                             cudaMemcpyDeviceToHost));
   gpu.last_logits(kTokens, logits);
   router_logits<float>(x, layer.router_weight(), cpu_logits);

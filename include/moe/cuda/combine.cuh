@@ -6,23 +6,67 @@
 #include <cuda_runtime.h>
 
 #include "moe/cuda/check.cuh"
+#include "moe/cuda/routing.cuh"
 
 namespace moe::cuda::kernels {
 
-/// One block per token; threads stride over the d columns. y_rows: the experts' output rows
-/// (row_of[t·k + s] for slot s of token t), d apart. Dropped slots (id -1) add nothing.
-static __global__ void combine(const float* y_rows, long long d, const int* ids, const float* weights,
-                               const long long* row_of, int k, float scale, float* y) {
+/// combine's threads, and the chunks of its token's row a thread takes at once.
+constexpr int kCombineThreads = 256;
+constexpr int kCombineChunks = 4;
+
+/// One block per token. y_rows: the experts' output rows (row_of[t·k + s] for slot s of token t),
+/// d apart; dropped slots (id -1) add nothing. Each element is the slots' products summed in slot
+/// order, then scaled. A thread takes kCombineChunks chunks of V floats at once (at d = 4096,
+/// every chunk of its token) and loads them all for a slot before it adds any, so a slot costs one
+/// memory round trip; the slots' rows and weights are read once per block. kVec: chunks of 4
+/// floats, so d a multiple of 4 and y 16-byte aligned (y_rows' rows then are).
+template <bool kVec>
+__global__ void __launch_bounds__(kCombineThreads)
+    combine(const float* y_rows, long long d, const int* ids, const float* weights, const long long* row_of,
+            int k, float scale, float* y) {
   wait_for_previous_kernel();
+  constexpr int V = kVec ? 4 : 1;
+  __shared__ long long slot_row[kMaxTopK];  // -1: the slot was dropped
+  __shared__ float slot_weight[kMaxTopK];
   const long long t = blockIdx.x;
-  for (long long j = threadIdx.x; j < d; j += blockDim.x) {
-    float acc = 0.0f;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < k) {
+    const long long a = t * k + tid;
+    slot_row[tid] = ids[a] < 0 ? -1 : row_of[a];
+    slot_weight[tid] = weights[a];
+  }
+  __syncthreads();
+  const long long chunks = d / V;
+  for (long long c0 = tid; c0 < chunks; c0 += kCombineChunks * kCombineThreads) {
+    float acc[kCombineChunks][V] = {};
     for (int s = 0; s < k; ++s) {
-      const long long a = t * k + s;
-      if (ids[a] < 0) continue;
-      acc += weights[a] * y_rows[row_of[a] * d + j];
+      const long long row = slot_row[s];
+      if (row < 0) continue;
+      const float w = slot_weight[s];
+      // Past the row's end a chunk reads the last one instead (never stored): no branch between
+      // the loads.
+      float v[kCombineChunks][V];
+#pragma unroll
+      for (int u = 0; u < kCombineChunks; ++u) {
+        const long long c = c0 + u * kCombineThreads < chunks ? c0 + u * kCombineThreads : chunks - 1;
+        load_chunk<V>(y_rows + row * d + c * V, v[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kCombineChunks; ++u)
+#pragma unroll
+        for (int i = 0; i < V; ++i) acc[u][i] = fmaf(w, v[u][i], acc[u][i]);
     }
-    y[t * d + j] = acc * scale;
+#pragma unroll
+    for (int u = 0; u < kCombineChunks; ++u) {
+      const long long c = c0 + u * kCombineThreads;
+      if (c >= chunks) break;
+      if constexpr (kVec) {
+        *reinterpret_cast<float4*>(y + t * d + c * V) =
+            float4{acc[u][0] * scale, acc[u][1] * scale, acc[u][2] * scale, acc[u][3] * scale};
+      } else {
+        y[t * d + c] = acc[u][0] * scale;
+      }
+    }
   }
 }
 

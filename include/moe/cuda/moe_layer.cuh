@@ -345,8 +345,10 @@ class DeviceMoELayer {
                     offsets_.data(), tile_offsets_.data(), y_rows_.data());
       }
     }
-    launch_next(kernels::combine, static_cast<unsigned>(t), 256, 0, stream, y_rows_.data(), d, ids_.data(),
-                weights_.data(), row_of_.data(), k_, scale_, y);
+    const bool vec_y = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(y) % 16 == 0;
+    launch_next(vec_y ? kernels::combine<true> : kernels::combine<false>, static_cast<unsigned>(t),
+                kernels::kCombineThreads, 0, stream, y_rows_.data(), d, ids_.data(), weights_.data(),
+                row_of_.data(), k_, scale_, y);
   }
 
   /// The host convenience: copies x in, runs forward, copies y out, synchronises, and throws
