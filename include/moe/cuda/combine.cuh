@@ -43,14 +43,11 @@ __global__ void __launch_bounds__(kCombineThreads)
       const long long row = slot_row[s];
       if (row < 0) continue;
       const float w = slot_weight[s];
-      // Past the row's end a chunk reads the last one instead (never stored): no branch between
-      // the loads.
+      // Past the row's end a chunk reads the last one instead (in_bounds; never stored).
       float v[kCombineChunks][V];
 #pragma unroll
-      for (int u = 0; u < kCombineChunks; ++u) {
-        const long long c = c0 + u * kCombineThreads < chunks ? c0 + u * kCombineThreads : chunks - 1;
-        load_chunk<V>(y_rows + row * d + c * V, v[u]);
-      }
+      for (int u = 0; u < kCombineChunks; ++u)
+        load_chunk<V>(y_rows + row * d + in_bounds(c0 + u * kCombineThreads, chunks) * V, v[u]);
 #pragma unroll
       for (int u = 0; u < kCombineChunks; ++u)
 #pragma unroll

@@ -87,6 +87,10 @@ static_assert(kRouteThreads >= kRouteTokens * kRouteExperts, "a thread per (toke
 template <int kTokens>
 constexpr int kRouteDepth = kTokens == 1 ? 4 : 1;
 
+/// i, or the last index n - 1 once i is past it: where a value past the end is loaded but never
+/// used, so that no branch separates a thread's loads (route_tokens, combine).
+__device__ inline long long in_bounds(long long i, long long n) { return i < n ? i : n - 1; }
+
 /// V consecutive floats at p (16-byte aligned when V = 4).
 template <int V>
 __device__ inline void load_chunk(const float* p, float (&out)[V]) {
@@ -134,17 +138,16 @@ __global__ void __launch_bounds__(kRouteThreads)
     float acc[kTokens][kRouteExperts] = {};
     for (long long c0 = tid; c0 < chunks; c0 += kDepth * kRouteThreads) {
       // The loads, unconditionally: a chunk, expert or token past the end reads the last one in
-      // bounds instead (its products are never used), so no branch separates the loads.
+      // bounds instead (in_bounds; its products are never used).
       float w[kDepth][kRouteExperts][V], xv[kDepth][kTokens][V];
 #pragma unroll
       for (int u = 0; u < kDepth; ++u) {
-        const long long c = c0 + u * kRouteThreads < chunks ? c0 + u * kRouteThreads : chunks - 1;
+        const long long c = in_bounds(c0 + u * kRouteThreads, chunks);
 #pragma unroll
         for (int g = 0; g < kRouteExperts; ++g)
-          load_chunk<V>(w_router + (e0 + g < n ? e0 + g : n - 1) * d + c * V, w[u][g]);
+          load_chunk<V>(w_router + in_bounds(e0 + g, n) * d + c * V, w[u][g]);
 #pragma unroll
-        for (int j = 0; j < kTokens; ++j)
-          load_chunk<V>(x + (t0 + (j < here ? j : here - 1)) * d + c * V, xv[u][j]);
+        for (int j = 0; j < kTokens; ++j) load_chunk<V>(x + (t0 + in_bounds(j, here)) * d + c * V, xv[u][j]);
       }
       // The products, chunk by chunk in order.
 #pragma unroll
