@@ -17,8 +17,9 @@ constexpr int kCombineChunks = 4;
 /// One block per token. y_rows: the experts' output rows (row_of[t·k + s] for slot s of token t),
 /// d apart; dropped slots (id -1) add nothing. Each element is the slots' products summed in slot
 /// order, then scaled. A thread takes kCombineChunks chunks of V floats at once (at d = 4096,
-/// every chunk of its token) and loads them all for a slot before it adds any, so a slot costs one
-/// memory round trip; the slots' rows and weights are read once per block. kVec: chunks of 4
+/// every chunk of its token) and issues all their loads for a slot before it adds any, so they can
+/// be in flight together (what the PTX shows; the time is unmeasured without a GPU); the slots'
+/// rows and weights are read once per block. kVec: chunks of 4
 /// floats, so d a multiple of 4 and y 16-byte aligned (y_rows' rows then are).
 template <bool kVec>
 __global__ void __launch_bounds__(kCombineThreads)

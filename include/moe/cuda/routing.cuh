@@ -82,8 +82,8 @@ constexpr int kRouteThreads = 256;
 static_assert(kRouteThreads >= kRouteTokens * kRouteExperts, "a thread per (token, expert) adds the warps");
 
 /// Chunks a thread of route_tokens loads before it multiplies any. A block of one token has the
-/// registers for 4, which at d = 4096 (1024 chunks of 4 floats) are all of a thread's chunks: one
-/// memory round trip for the pass, not four (T = 1 waits on them all).
+/// registers for 4, which at d = 4096 (1024 chunks of 4 floats) are all of a thread's chunks,
+/// issued together rather than in four rounds (T = 1 waits on them all).
 template <int kTokens>
 constexpr int kRouteDepth = kTokens == 1 ? 4 : 1;
 
@@ -109,10 +109,11 @@ __device__ inline void load_chunk(const float* p, float (&out)[V]) {
 /// the chunks c ≡ j (mod kRouteThreads) of V floats in order, loading each expert's chunk of W_r
 /// once for all the block's tokens; then a fixed butterfly (warp_sum) and the warps in order add the
 /// threads. A thread issues all the loads of kRouteDepth chunks (every expert's and every token's)
-/// before it multiplies, so they are in flight together: one memory round trip a step, where a
-/// load of x behind each token's products made one a token. W_r is read once per block (not once
-/// per token at T >= 8: 128 KB per token at N = 8, d = 4096), and a logit is the same function of
-/// its token's row whatever T is: the same chunks in the same order, whatever kTokens.
+/// before it multiplies, so they can be in flight together, where a load of x behind each token's
+/// products waited for that token's turn (the PTX issues them together; the time is unmeasured
+/// without a GPU). W_r is read once per block (not once per token at T >= 8: 128 KB per token at
+/// N = 8, d = 4096), and a logit is the same function of its token's row whatever T is: the same
+/// chunks in the same order, whatever kTokens.
 /// Grid: ceil(tokens / kTokens) blocks of kRouteThreads threads. kVec: chunks of 4 floats, so d a
 /// multiple of 4 and x 16-byte aligned. w_router: column e at w_router + e·d (d x N,
 /// column-major, as RouterGate stores it). logits (T x N) are kept for inspection.
