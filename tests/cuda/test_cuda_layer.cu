@@ -333,8 +333,9 @@ TEST_CASE("CUDA layer: bf16 expert weights at T = 4096", "[cuda]") {
 }
 
 TEST_CASE("CUDA layer: fp16 expert weights at T = 64 and 1000", "[cuda]") {
-  check_layer(cudatest::random_layer<Eigen::half>(256, 96, 8, 2, 17), 64, 15);
-  check_layer(cudatest::random_layer<Eigen::half>(256, 96, 8, 2, 17), 1000, 16);
+  const auto fp16 = cudatest::random_layer<Eigen::half>(256, 96, 8, 2, 17);
+  check_layer(fp16, 64, 15);
+  check_layer(fp16, 1000, 16);
 }
 
 TEST_CASE("CUDA layer: a NaN input is reported with its token", "[cuda]") {
