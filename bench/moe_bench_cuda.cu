@@ -23,8 +23,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <moe/core/detail/rng.hpp>
 #include <moe/cuda/moe_layer.cuh>
-#include <moe/detail/rng.hpp>
 #include <sstream>
 #include <string>
 #include <thread>

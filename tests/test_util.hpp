@@ -5,9 +5,9 @@
 #include <cmath>
 #include <cstring>
 
-#include <moe/detail/rng.hpp>
-#include <moe/ffn.hpp>
-#include <moe/types.hpp>
+#include <moe/core/detail/rng.hpp>
+#include <moe/core/types.hpp>
+#include <moe/layer/ffn.hpp>
 
 #include "reference/reference.hpp"
 

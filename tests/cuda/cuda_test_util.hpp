@@ -3,7 +3,7 @@
 
 #include <cuda_runtime.h>  // the toolkit's, or the emulator's (which defines MOE_CUDA_EMULATION)
 
-#include <moe/moe_layer.hpp>
+#include <moe/layer/moe_layer.hpp>
 
 #include "test_util.hpp"
 

@@ -34,16 +34,17 @@
 #include <type_traits>
 #include <vector>
 
+#include "moe/cuda/arch/launch.cuh"
 #include "moe/cuda/check.cuh"
-#include "moe/cuda/combine.cuh"
-#include "moe/cuda/expert_gemm.cuh"
-#include "moe/cuda/expert_gemv.cuh"
-#include "moe/cuda/expert_mma.cuh"
-#include "moe/cuda/expert_mma_pipelined.cuh"
-#include "moe/cuda/expert_mma_wgmma.cuh"
-#include "moe/cuda/permute.cuh"
-#include "moe/cuda/routing.cuh"
-#include "moe/moe_layer.hpp"
+#include "moe/cuda/kernels/combine.cuh"
+#include "moe/cuda/kernels/expert_gemm.cuh"
+#include "moe/cuda/kernels/expert_gemv.cuh"
+#include "moe/cuda/kernels/expert_mma.cuh"
+#include "moe/cuda/kernels/expert_mma_pipelined.cuh"
+#include "moe/cuda/kernels/expert_mma_wgmma.cuh"
+#include "moe/cuda/kernels/permute.cuh"
+#include "moe/cuda/kernels/routing.cuh"
+#include "moe/layer/moe_layer.hpp"
 
 namespace moe::cuda {
 
