@@ -14,6 +14,7 @@
 #include "moe/core/types.hpp"
 #include "moe/layer/activation.hpp"
 #include "moe/layer/aggregate.hpp"
+#include "moe/layer/detail/expert_plan.hpp"
 #include "moe/layer/detail/transpose.hpp"
 #include "moe/layer/dispatch.hpp"
 #include "moe/layer/ffn.hpp"
@@ -66,7 +67,7 @@ class MoEWorkspace {
 
   /// The grouping the last forward used: dispatch().offsets.back() is the number of
   /// (token, expert) rows it computed, always T·k.
-  const ExpertDispatch& dispatch() const { return dispatch_; }
+  const ExpertDispatch& dispatch() const { return plan_.dispatch; }
 
  private:
   template <class, class>
@@ -75,13 +76,10 @@ class MoEWorkspace {
   static void grow(V& v, std::size_t n) {
     if (v.size() < n) v.resize(n);
   }
-  std::vector<T> logits_, weights_, xg_, g_, h_, yp_, shared_out_, shared_gate_;
-  std::vector<std::uint32_t> x_pairs_, h_pairs_;  // bf16 weights: detail::uses_bf16_pairs
-  std::vector<T> h_tiles_;                        // detail::kFloatTiles (x's tiles replace xg_)
+  std::vector<T> logits_, weights_, shared_out_, shared_gate_;
   std::vector<std::int32_t> ids_;
-  std::vector<Index> row_offsets_, hidden_offsets_;
-  std::vector<std::pair<int, Index>> tasks_;  // (expert, gather panel or column block)
-  ExpertDispatch dispatch_;
+  detail::ExpertPlan plan_;
+  detail::ExpertScratch<T> scratch_;
   RouterScratch<T> router_scratch_;
   GateScratch<T> gate_scratch_;
   FfnWorkspace<T> shared_ws_;
@@ -207,6 +205,26 @@ class MoELayer {
   void forward_routed(const ConstRowRef<T>& x, const Eigen::Ref<const IdMatrix>& ids,
                       const ConstRowRef<T>& weights, RowRef<T> y, MoEWorkspace<T>& ws,
                       ThreadPool* pool = nullptr, RoutingRecord<T>* record = nullptr) const {
+    check_routing(x, ids, weights, y);
+    ws.reserve(*this, x.rows(), ids.cols());
+    detail::plan_experts<T>(
+        ids, num_experts(), model_dim(), [&](int e) { return expert(e).hidden_dim(); }, ws.plan_);
+    gather(x, weights, ws, pool);
+    gate_up(ws, pool);
+    down(ws, pool);
+    combine(ids, weights, y, ws, pool);
+    add_shared_experts(x, y, ws, pool);
+    if (record) {
+      record->expert_ids = ids;
+      record->weights = weights;
+      record->tokens_per_expert = ws.plan_.dispatch.counts;
+    }
+  }
+
+ private:
+  /// Throws moe::Error unless x, y and the routing (T x k' ids in [-1, N), finite weights) fit.
+  void check_routing(const ConstRowRef<T>& x, const Eigen::Ref<const IdMatrix>& ids,
+                     const ConstRowRef<T>& weights, const RowRef<T>& y) const {
     const Index tokens = x.rows(), d = model_dim(), k = ids.cols();
     const int n = num_experts();
     MOE_CHECK(x.cols() == d, "MoELayer: x has " << x.cols() << " columns, the layer expects d=" << d);
@@ -220,152 +238,102 @@ class MoELayer {
       for (Index s = 0; s < k; ++s)
         MOE_CHECK(std::isfinite(weights(t, s)),
                   "MoELayer: routing weight of token " << t << " slot " << s << " is " << weights(t, s));
-    ws.reserve(*this, tokens, k);
-    ExpertDispatch& dp = ws.dispatch_;
-    build_dispatch(ids, n, dp);
+  }
 
-    // Scratch offsets per expert (rows padded as the kernels lay them out, detail::scratch_rows)
-    // and the task lists: only experts with tokens get tasks.
-    auto& roff = ws.row_offsets_;
-    auto& hoff = ws.hidden_offsets_;
-    roff.resize(static_cast<std::size_t>(n) + 1);
-    hoff.resize(static_cast<std::size_t>(n) + 1);
-    roff[0] = hoff[0] = 0;
-    ws.tasks_.clear();
-    for (int e = 0; e < n; ++e) {
-      const auto u = static_cast<std::size_t>(e);
-      const Index rows = detail::scratch_rows<T>(dp.counts[u]);
-      roff[u + 1] = roff[u] + rows;
-      hoff[u + 1] = hoff[u] + rows * expert(e).hidden_dim();
-      for (Index p = 0; p < detail::num_gather_panels<T>(dp.counts[u]); ++p) ws.tasks_.emplace_back(e, p);
-    }
-    const auto gather_tasks = static_cast<Index>(ws.tasks_.size());
-    for (int e = 0; e < n; ++e) {
-      if (dp.counts[static_cast<std::size_t>(e)] == 0) continue;
-      for (Index b = 0; b < detail::num_column_blocks(expert(e).hidden_dim()); ++b)
-        ws.tasks_.emplace_back(e, b);
-    }
-    const auto hidden_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks;
-    for (int e = 0; e < n; ++e) {
-      if (dp.counts[static_cast<std::size_t>(e)] == 0) continue;
-      for (Index b = 0; b < detail::num_column_blocks(d); ++b) ws.tasks_.emplace_back(e, b);
-    }
-    const auto down_tasks = static_cast<Index>(ws.tasks_.size()) - gather_tasks - hidden_tasks;
-    const auto task = [&](Index i) { return ws.tasks_[static_cast<std::size_t>(i)]; };
-
-    // Experts past kFewRows rows keep their input and hidden activations packed for the
-    // many-rows kernel too (detail::uses_packed_activations): with bf16 weights and AVX512-BF16 as
-    // bf16 pairs, at row offset roff of buffers this many pairs wide; in 8-lane builds as token
-    // tiles, the input's in place of its scratch and h's laid out as h_.
-    Index pair_width_h = 0;
-    for (int e = 0; e < n; ++e) pair_width_h = std::max(pair_width_h, (expert(e).hidden_dim() + 1) / 2);
-    const auto pairs_of = [&](int e) {
-      const auto u = static_cast<std::size_t>(e);
-      detail::PackedScratch<detail::PackedElement<T, W>> p;
-      if (detail::uses_packed_activations<T, W>(dp.counts[u])) {
-        const Index ld = detail::scratch_rows<T>(dp.counts[u]);
-        if constexpr (detail::kBf16Pairs<T, W>)
-          p = {ws.x_pairs_.data() + roff[u] * ((d + 1) / 2), ws.h_pairs_.data() + roff[u] * pair_width_h, ld,
-               (d + 1) / 2, pair_width_h};
-        else if constexpr (detail::kFloatTiles<T, W>)
-          p = {ws.xg_.data() + roff[u] * d, ws.h_tiles_.data() + hoff[u], ld, d, expert(e).hidden_dim()};
-      }
-      return p;
-    };
-
-    // Gather each expert's token rows (times G(x)_i with scale_input) into its input scratch.
+  /// Stage 1: each expert's token rows (times G(x)_i with scale_input) into its input scratch.
+  void gather(const ConstRowRef<T>& x, const ConstRowRef<T>& weights, MoEWorkspace<T>& ws,
+              ThreadPool* pool) const {
+    const detail::ExpertPlan& plan = ws.plan_;
+    const ExpertDispatch& dp = plan.dispatch;
+    const Index d = model_dim(), k = weights.cols();
     const bool scale_input = config_.scale_input;
-    parallel_for(pool, gather_tasks, [&](Index i) {
-      const int e = task(i).first;
-      const auto u = static_cast<std::size_t>(e);
-      const std::size_t r0 = static_cast<std::size_t>(dp.offsets[u]);
+    parallel_for(pool, plan.gather_tasks, [&](Index i) {
+      const detail::ExpertTask task = plan.gather_task(i);
+      const int e = task.expert;
+      const auto r0 = static_cast<std::size_t>(dp.offsets[static_cast<std::size_t>(e)]);
       detail::gather_scratch_rows<T>(
-          dp.counts[u], d,
+          plan.rows(e), d,
           [&](Index r) { return x.data() + dp.token[r0 + static_cast<std::size_t>(r)] * x.outerStride(); },
           [&](Index r) {
             const Index pair = dp.pair[r0 + static_cast<std::size_t>(r)];
             return scale_input ? weights(pair / k, pair % k) : T(1);
           },
-          ws.xg_.data() + roff[u] * d, task(i).second, task(i).second + 1, pairs_of(e).x);
+          ws.scratch_.input(plan, e, d), task.part, task.part + 1,
+          ws.scratch_.template packed<W>(plan, e, d, expert(e).hidden_dim()).x);
     });
-    // Expert e's tokens, and its slices of the scratch buffers (layout by its row count).
-    auto with_expert = [&](int e, auto&& f) {
-      const auto u = static_cast<std::size_t>(e);
-      detail::with_scratch_layout(dp.counts[u], expert(e).hidden_dim(), d, ws.xg_.data() + roff[u] * d,
-                                  ws.g_.data() + hoff[u], ws.h_.data() + hoff[u], ws.yp_.data() + roff[u] * d,
-                                  f);
-    };
-    const GluActivation& act = config_.activation;
-    parallel_for(pool, hidden_tasks, [&](Index i) {
-      // (Not a structured binding: C++17 lambdas cannot capture those; clang rejects it.)
-      const int e = task(gather_tasks + i).first;
-      const Index b = task(gather_tasks + i).second;
-      with_expert(e, [&](const auto& xe, auto& g, auto& h, auto&, const detail::RowBlock& blk) {
-        detail::glu_hidden_block(expert(e), xe, g, h, b, act, pairs_of(e).block(blk));
+  }
+
+  /// Stage 2, formula (4)'s inner part: each expert's h = act(x·W_gate, x·W_up), by column blocks.
+  void gate_up(MoEWorkspace<T>& ws, ThreadPool* pool) const {
+    const detail::ExpertPlan& plan = ws.plan_;
+    const Index d = model_dim();
+    parallel_for(pool, plan.hidden_tasks, [&](Index i) {
+      const detail::ExpertTask task = plan.hidden_task(i);
+      const int e = task.expert;
+      const Index m = expert(e).hidden_dim();
+      const auto packed = ws.scratch_.template packed<W>(plan, e, d, m);
+      ws.scratch_.with_expert(plan, e, d, m, [&](const auto& xe, auto& g, auto& h, auto&, const auto& blk) {
+        detail::glu_hidden_block(expert(e), xe, g, h, task.part, config_.activation, packed.block(blk));
       });
     });
-    // An expert past kFewRows rows computes its outputs column-major; its down task also copies
-    // its block of them, still in cache, into token rows for the combine: into the input scratch,
-    // which only the hidden tasks read, row `local` of expert e at xg_ + (roff[e] + local)·ldr.
-    // Read in place instead, a token's output row is one float per cache line, the lines long
-    // evicted by the combine. Zen 5, N = 8 k = 2, T = 512, bf16: the combine 3.3 -> 0.8 ms, the
-    // down tasks ~1 ms longer; the layer, four alternating rounds, 0.92-1.00 of its time before
-    // (median 0.965; f32 0.90-1.02). Rows d + 16 apart (padded_row_stride), not d.
-    const Index ldr = detail::padded_row_stride(d);
-    const auto rows_out = [&](int e, Index local) {
-      return ws.xg_.data() + (roff[static_cast<std::size_t>(e)] + local) * ldr;
-    };
-    parallel_for(pool, down_tasks, [&](Index i) {
-      const int e = task(gather_tasks + hidden_tasks + i).first;
-      const Index b = task(gather_tasks + hidden_tasks + i).second;
-      with_expert(e, [&](const auto&, auto&, auto& h, auto& ye, const detail::RowBlock& blk) {
-        detail::down_proj_block(expert(e), h, ye, b, pairs_of(e).block(blk));
-        if (dp.counts[static_cast<std::size_t>(e)] > detail::kFewRows) {
-          const Index c0 = b * detail::kColumnBlock, width = std::min(detail::kColumnBlock, d - c0);
-          T* dst = rows_out(e, blk.first) + c0;
-          if constexpr (std::is_same_v<T, float>)
-            detail::transpose_to_rows(ye.data() + c0 * ye.outerStride(), ye.outerStride(), blk.rows, width,
-                                      dst, ldr);
-          else
-            Eigen::Map<RowMatrix<T>, 0, Eigen::OuterStride<>>(
-                dst, blk.rows, width, Eigen::OuterStride<>(ldr)) = ye.middleCols(c0, width);
-        }
+  }
+
+  /// Stage 3: each expert's outputs h·W_down, by column blocks. An expert past kFewRows rows
+  /// computes them column-major; its task also copies its block, still in cache, into token rows
+  /// for the combine (ExpertScratch::output_row), which would otherwise read one value per cache
+  /// line (bench/RESULTS.md, "combine").
+  void down(MoEWorkspace<T>& ws, ThreadPool* pool) const {
+    const detail::ExpertPlan& plan = ws.plan_;
+    const Index d = model_dim(), ldr = detail::padded_row_stride(d);
+    parallel_for(pool, plan.down_tasks, [&](Index i) {
+      const detail::ExpertTask task = plan.down_task(i);
+      const int e = task.expert;
+      const Index m = expert(e).hidden_dim();
+      const auto packed = ws.scratch_.template packed<W>(plan, e, d, m);
+      ws.scratch_.with_expert(plan, e, d, m, [&](const auto&, auto&, auto& h, auto& ye, const auto& blk) {
+        detail::down_proj_block(expert(e), h, ye, task.part, packed.block(blk));
+        if (plan.rows(e) <= detail::kFewRows) return;
+        const Index c0 = task.part * detail::kColumnBlock, width = std::min(detail::kColumnBlock, d - c0);
+        T* dst = ws.scratch_.output_row(plan, e, blk.first, d) + c0;
+        if constexpr (std::is_same_v<T, float>)
+          detail::transpose_to_rows(ye.data() + c0 * ye.outerStride(), ye.outerStride(), blk.rows, width, dst,
+                                    ldr);
+        else
+          Eigen::Map<RowMatrix<T>, 0, Eigen::OuterStride<>>(dst, blk.rows, width, Eigen::OuterStride<>(ldr)) =
+              ye.middleCols(c0, width);
       });
     });
-    // Combine (formula 2) in slot order, then rescale (formula 6); tokens are independent.
+  }
+
+  /// Stage 4: per token, the sum over its slots in slot order (formula 2), then × scale (formula
+  /// 6). Tokens are independent.
+  void combine(const Eigen::Ref<const IdMatrix>& ids, const ConstRowRef<T>& weights, RowRef<T> y,
+               MoEWorkspace<T>& ws, ThreadPool* pool) const {
+    const detail::ExpertPlan& plan = ws.plan_;
+    const Index tokens = ids.rows(), k = ids.cols(), d = model_dim();
     const T scale = static_cast<T>(this->scale(static_cast<int>(k)));
+    const bool scale_input = config_.scale_input;
     constexpr Index kTokenChunk = 16;
     parallel_for(pool, (tokens + kTokenChunk - 1) / kTokenChunk, [&](Index c) {
       for (Index t = c * kTokenChunk; t < std::min(tokens, (c + 1) * kTokenChunk); ++t) {
         y.row(t).setZero();  // 0 + a == a exactly: the sum is still slot 0, then slot 1, ...
         for (Index s = 0; s < k; ++s) {
           if (ids(t, s) < 0) continue;  // dropped by the expert capacity
-          const auto e = static_cast<std::size_t>(ids(t, s));
-          const Index local = dp.row_of[static_cast<std::size_t>(t * k + s)] - dp.offsets[e];
-          const T* row = dp.counts[e] > detail::kFewRows ? rows_out(static_cast<int>(e), local)
-                                                         : ws.yp_.data() + (roff[e] + local) * d;
-          if constexpr (std::is_same_v<T, float>) {
-            detail::add_scaled_row(y.row(t).data(), d, scale_input ? 1.0f : weights(t, s), row);
-          } else {
-            const Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> r(row, d);
-            if (scale_input)
-              y.row(t) += r;
-            else
-              y.row(t) += weights(t, s) * r;
-          }
+          const int e = ids(t, s);
+          const Index local = plan.dispatch.row_of[static_cast<std::size_t>(t * k + s)] -
+                              plan.dispatch.offsets[static_cast<std::size_t>(e)];
+          const T* row = ws.scratch_.output_row(plan, e, local, d);
+          const T w = scale_input ? T(1) : weights(t, s);
+          if constexpr (std::is_same_v<T, float>)
+            detail::add_scaled_row(y.row(t).data(), d, w, row);
+          else
+            y.row(t) += w * Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(row, d);
         }
         y.row(t) *= scale;
       }
     });
-    add_shared_experts(x, y, ws, pool);
-    if (record) {
-      record->expert_ids = ids;
-      record->weights = weights;
-      record->tokens_per_expert = dp.counts;
-    }
   }
 
- private:
   void add_shared_experts(const ConstRowRef<T>& x, RowRef<T> y, MoEWorkspace<T>& ws, ThreadPool* pool) const {
     const Index tokens = x.rows(), d = model_dim();
     if (shared_.empty() || tokens == 0) return;
@@ -438,19 +406,8 @@ void MoEWorkspace<T>::reserve(const MoELayer<T, W>& layer, Index tokens, Index k
   grow(logits_, u(tokens * n));
   grow(ids_, u(pairs));
   grow(weights_, u(pairs));
-  grow(xg_, u(rows * detail::padded_row_stride(d)));  // also the outputs as rows (forward_routed)
-  grow(yp_, u(rows * d));
-  grow(g_, u(rows * max_m));
-  grow(h_, u(rows * max_m));
-  if constexpr (detail::kBf16Pairs<T, W>) {
-    grow(x_pairs_, u(rows * ((d + 1) / 2)));
-    grow(h_pairs_, u(rows * ((max_m + 1) / 2)));
-  }
-  if constexpr (detail::kFloatTiles<T, W>) grow(h_tiles_, u(rows * max_m));
-  row_offsets_.reserve(u(n) + 1);
-  hidden_offsets_.reserve(u(n) + 1);
-  tasks_.reserve(u(blocks + rows / detail::kGatherPanel + n));
-  dispatch_.reserve(pairs, n);
+  scratch_.template reserve<W>(rows, d, max_m);
+  plan_.reserve(pairs, n, blocks + rows / detail::kGatherPanel + n);
   router_scratch_.reserve(n, static_cast<int>(k));
   const RouterGate<T>& gate = layer.router();
   if (gate.mlp_out.size()) grow(gate_scratch_.hidden, u(tokens * gate.weight.cols()));
