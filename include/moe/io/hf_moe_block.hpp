@@ -19,14 +19,6 @@
 
 namespace moe {
 
-/// The model_type values load_hf_moe_block accepts.
-inline const std::vector<std::string>& hf_moe_families() {
-  static const std::vector<std::string> names = {"mixtral",     "qwen2_moe",   "qwen3_moe", "olmoe",
-                                                 "deepseek_v2", "deepseek_v3", "glm4_moe",  "llama4_text",
-                                                 "gpt_oss",     "dbrx"};
-  return names;
-}
-
 namespace detail {
 
 /// Typed access to config.json keys with errors that name the family and the key.
@@ -154,6 +146,8 @@ inline std::vector<FfnWeights<float>> hf_stacked_experts(const HfTensors& t, con
   return experts;
 }
 
+/// Experts stored as experts.{e}.{gate}.weight, ….{up}.weight ([m, d] each) and ….{down}.weight
+/// ([d, m]), as Hugging Face linears.
 inline std::vector<FfnWeights<float>> hf_indexed_experts(const HfTensors& t, int n, Index d, Index m,
                                                          const char* gate, const char* up, const char* down) {
   std::vector<FfnWeights<float>> experts;
@@ -165,158 +159,28 @@ inline std::vector<FfnWeights<float>> hf_indexed_experts(const HfTensors& t, int
   return experts;
 }
 
-}  // namespace detail
+/// DBRX's experts: experts.mlp.w1, v1 and w2, each [N·m, d]: w1[e] and v1[e] are the gate and up
+/// linears ([m, d]: x·w1ᵀ), w2[e] is used as is (h·w2).
+inline std::vector<FfnWeights<float>> hf_dbrx_experts(const HfTensors& t, int n, Index d, Index m) {
+  const std::vector<float> w1 = t.load("experts.mlp.w1", {n * m, d});
+  const std::vector<float> v1 = t.load("experts.mlp.v1", {n * m, d});
+  const std::vector<float> w2 = t.load("experts.mlp.w2", {n * m, d});
+  std::vector<FfnWeights<float>> experts(static_cast<std::size_t>(n));
+  for (int e = 0; e < n; ++e) {
+    const std::size_t off = static_cast<std::size_t>(e) * m * d;
+    auto& w = experts[static_cast<std::size_t>(e)];
+    w.gate = Eigen::Map<const ColMatrix<float>>(w1.data() + off, d, m);
+    w.up = Eigen::Map<const ColMatrix<float>>(v1.data() + off, d, m);
+    w.down = Eigen::Map<const RowMatrix<float>>(w2.data() + off, m, d);
+  }
+  return experts;
+}
 
-/// Builds one MoE block from a Hugging Face config.json (`config`; a multimodal config's
-/// `text_config` is used when its own model_type is not a MoE family) and the block's tensors in
-/// `file` under `prefix` (e.g. "model.layers.0.mlp."). F32, F16, BF16 tensors, converted to float.
-/// Throws moe::Error for an unknown model_type, a missing required config key, a missing tensor
-/// or a tensor of the wrong shape.
-inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const SafeTensorsFile& file,
-                                         const std::string& prefix) {
-  using detail::HfConfig;
-  MOE_CHECK(config.is_object(), "config.json: expected a JSON object");
-  const nlohmann::json* cj = &config;
-  const auto known = [](const std::string& s) {
-    for (const auto& f : hf_moe_families())
-      if (f == s) return true;
-    return false;
-  };
-  std::string type = config.value("model_type", std::string());
-  if (!known(type) && config.contains("text_config") && config.at("text_config").is_object()) {
-    cj = &config.at("text_config");
-    type = cj->value("model_type", std::string());
-  }
-  if (!known(type)) {
-    std::string list;
-    for (const auto& f : hf_moe_families()) list += (list.empty() ? "" : ", ") + f;
-    MOE_CHECK(false,
-              "config.json: model_type '" << type << "' is not a supported MoE family (" << list << ")");
-  }
-  const HfConfig c(*cj, type);
-  const detail::HfTensors t(file, prefix);
-
-  if (type == "dbrx") {
-    const HfConfig f = c.sub("ffn_config");
-    const Index d = c.integer("d_model");
-    const int n = f.integer("moe_num_experts"), k = f.integer("moe_top_k");
-    const Index m = f.integer("ffn_hidden_size");
-    const std::string act = f.has("ffn_act_fn") && f.json().at("ffn_act_fn").is_object()
-                                ? f.json().at("ffn_act_fn").value("name", std::string("silu"))
-                                : std::string("silu");
-    MOE_CHECK(act == "silu", "config.json (dbrx): ffn_act_fn '" << act << "' is not supported (silu only)");
-    std::optional<double> p = 1.0;
-    if (f.json().contains("moe_normalize_expert_weights"))
-      p = f.has("moe_normalize_expert_weights")
-              ? std::optional<double>(f.number("moe_normalize_expert_weights"))
-              : std::nullopt;
-    RouterGate<float> gate(t.linear("router.layer.weight", d, n));  // router first: errors in file order
-    const std::vector<float> w1 = t.load("experts.mlp.w1", {n * m, d});
-    const std::vector<float> v1 = t.load("experts.mlp.v1", {n * m, d});
-    const std::vector<float> w2 = t.load("experts.mlp.w2", {n * m, d});
-    std::vector<FfnWeights<float>> experts(static_cast<std::size_t>(n));
-    for (int e = 0; e < n; ++e) {
-      const std::size_t off = static_cast<std::size_t>(e) * m * d;
-      auto& w = experts[static_cast<std::size_t>(e)];
-      w.gate = Eigen::Map<const ColMatrix<float>>(w1.data() + off, d, m);  // w1[e] is [m, d]: x·w1ᵀ
-      w.up = Eigen::Map<const ColMatrix<float>>(v1.data() + off, d, m);
-      w.down = Eigen::Map<const RowMatrix<float>>(w2.data() + off, m, d);  // w2[e] is [m, d]: h·w2
-    }
-    return MoELayer<float>(std::move(experts), std::move(gate), presets::dbrx(k, p));
-  }
-
-  const Index d = c.integer("hidden_size");
-  if (type == "mixtral") {
-    const int n = c.integer("num_local_experts"), k = c.integer("num_experts_per_tok");
-    const Index m = c.integer("intermediate_size");
-    RouterGate<float> gate(t.linear("gate.weight", d, n));  // router first: errors in file order
-    return MoELayer<float>(detail::hf_indexed_experts(t, n, d, m, "w1", "w3", "w2"), std::move(gate),
-                           presets::mixtral(k));
-  }
-  if (type == "qwen2_moe" || type == "qwen3_moe" || type == "olmoe") {
-    const int n = c.integer("num_experts"), k = c.integer("num_experts_per_tok");
-    const Index m = c.integer(type == "olmoe" ? "intermediate_size" : "moe_intermediate_size");
-    const bool norm = c.boolean_or("norm_topk_prob", false);
-    const MoEConfig cfg = type == "qwen2_moe"   ? presets::qwen2_moe(k, norm)
-                          : type == "qwen3_moe" ? presets::qwen3_moe(k, norm)
-                                                : presets::olmoe(k, norm);
-    RouterGate<float> gate(t.linear("gate.weight", d, n));
-    MoELayer<float> layer(detail::hf_indexed_experts(t, n, d, m, "gate_proj", "up_proj", "down_proj"),
-                          std::move(gate), cfg);
-    if (type == "qwen2_moe" && c.integer_or("shared_expert_intermediate_size", 0) > 0) {
-      const Index ms = c.integer("shared_expert_intermediate_size");
-      std::vector<FfnWeights<float>> shared;
-      shared.push_back(detail::hf_linear_ffn(t, "shared_expert.gate_proj.weight",
-                                             "shared_expert.up_proj.weight", "shared_expert.down_proj.weight",
-                                             d, ms));
-      const std::vector<float> g = t.load("shared_expert_gate.weight", {1, d});
-      layer.set_shared_experts(std::move(shared), Eigen::Map<const Eigen::VectorXf>(g.data(), d));
-    }
-    return layer;
-  }
-  if (type == "deepseek_v2" || type == "deepseek_v3" || type == "glm4_moe") {
-    const bool v2 = type == "deepseek_v2";
-    const int n = c.integer("n_routed_experts"), k = c.integer("num_experts_per_tok");
-    const Index m = c.integer("moe_intermediate_size");
-    MoEConfig cfg;
-    RouterGate<float> gate(t.linear("gate.weight", d, n));
-    if (v2) {
-      const std::string scoring = c.string_or("scoring_func", "softmax");
-      MOE_CHECK(scoring == "softmax",
-                "config.json (deepseek_v2): scoring_func '" << scoring << "' (softmax only)");
-      const std::string method = c.string_or("topk_method", "greedy");
-      MOE_CHECK(method == "greedy" || method == "group_limited_greedy",
-                "config.json (deepseek_v2): topk_method '" << method << "' (greedy or group_limited_greedy)");
-      const bool grouped = method == "group_limited_greedy";
-      cfg = presets::deepseek_v2(
-          k, grouped, grouped ? c.integer("n_group") : 1, grouped ? c.integer("topk_group") : 1,
-          c.number_or("routed_scaling_factor", 1.0), c.boolean_or("norm_topk_prob", false));
-    } else {
-      const std::string scoring = c.string_or("scoring_func", "sigmoid");
-      MOE_CHECK(scoring == "sigmoid",
-                "config.json (" << type << "): scoring_func '" << scoring << "' (sigmoid only)");
-      const std::string method = c.string_or("topk_method", "noaux_tc");
-      MOE_CHECK(method == "noaux_tc",
-                "config.json (" << type << "): topk_method '" << method << "' (noaux_tc only)");
-      cfg = presets::deepseek_v3(k, c.integer("n_group"), c.integer("topk_group"),
-                                 c.number("routed_scaling_factor"), c.boolean_or("norm_topk_prob", true));
-      gate.selection_bias = t.vector("gate.e_score_correction_bias", n);
-    }
-    MoELayer<float> layer(detail::hf_indexed_experts(t, n, d, m, "gate_proj", "up_proj", "down_proj"),
-                          std::move(gate), cfg);
-    if (c.integer_or("n_shared_experts", 0) > 0) {
-      const Index ms = m * c.integer("n_shared_experts");
-      std::vector<FfnWeights<float>> shared;
-      shared.push_back(detail::hf_linear_ffn(t, "shared_experts.gate_proj.weight",
-                                             "shared_experts.up_proj.weight",
-                                             "shared_experts.down_proj.weight", d, ms));
-      layer.set_shared_experts(std::move(shared));
-    }
-    return layer;
-  }
-  if (type == "llama4_text") {
-    const int n = c.integer("num_local_experts"), k = c.integer_or("num_experts_per_tok", 1);
-    const Index m = c.integer("intermediate_size");
-    RouterGate<float> gate(t.linear("router.weight", d, n));
-    MoELayer<float> layer(detail::hf_stacked_experts(t, "experts.gate_up_proj", "experts.down_proj", n, d, m,
-                                                     /*interleaved=*/false),
-                          std::move(gate), presets::llama4(k));
-    std::vector<FfnWeights<float>> shared;
-    shared.push_back(detail::hf_linear_ffn(t, "shared_expert.gate_proj.weight",
-                                           "shared_expert.up_proj.weight", "shared_expert.down_proj.weight",
-                                           d, m));
-    layer.set_shared_experts(std::move(shared));
-    return layer;
-  }
-  // gpt_oss
-  const int n = c.integer("num_local_experts");
-  const int k =
-      c.has("num_experts_per_tok") ? c.integer("num_experts_per_tok") : c.integer("experts_per_token");
-  const Index m = c.integer("intermediate_size");
-  RouterGate<float> gate(t.linear("router.weight", d, n));
-  gate.bias = t.vector("router.bias", n);
-  std::vector<FfnWeights<float>> experts = detail::hf_stacked_experts(
-      t, "experts.gate_up_proj", "experts.down_proj", n, d, m, /*interleaved=*/true);
+/// GPT-OSS's experts: stacked and interleaved (hf_stacked_experts), with their biases
+/// experts.gate_up_proj_bias [N, 2m] (gate and up interleaved) and experts.down_proj_bias [N, d].
+inline std::vector<FfnWeights<float>> hf_gpt_oss_experts(const HfTensors& t, int n, Index d, Index m) {
+  std::vector<FfnWeights<float>> experts =
+      hf_stacked_experts(t, "experts.gate_up_proj", "experts.down_proj", n, d, m, /*interleaved=*/true);
   const std::vector<float> gub = t.load("experts.gate_up_proj_bias", {n, 2 * m});
   const std::vector<float> db = t.load("experts.down_proj_bias", {n, d});
   for (int e = 0; e < n; ++e) {
@@ -326,8 +190,368 @@ inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const Saf
     w.up_bias = b(Eigen::seqN(1, m, 2));
     w.down_bias = Eigen::Map<const Eigen::VectorXf>(db.data() + static_cast<std::size_t>(e) * d, d);
   }
-  return MoELayer<float>(std::move(experts), std::move(gate),
-                         presets::gpt_oss(k, c.number_or("swiglu_limit", 7.0)));
+  return experts;
+}
+
+/// How a family stores its routed experts.
+enum class HfExperts {
+  kIndexed,  ///< experts.{e}.{names}.weight (hf_indexed_experts)
+  kStacked,  ///< experts.gate_up_proj [N, d, 2m] (gate, then up) and experts.down_proj [N, m, d]
+  kGptOss,   ///< the same interleaved by column, with biases (hf_gpt_oss_experts)
+  kDbrx,     ///< experts.mlp.{w1, v1, w2} (hf_dbrx_experts)
+};
+
+/// One MoE family's block as its config.json and Hub checkpoints describe it: the keys of its sizes,
+/// the names of its tensors, how its config sets the router's semantics (a preset of presets.hpp)
+/// and which shared experts it adds. load_hf_moe_block reads a block through its row of
+/// hf_moe_family_table().
+struct HfMoeFamily {
+  const char* model_type;
+  const char* sizes_object;    ///< the config object holding N, k and m (DBRX's ffn_config), or nullptr
+  const char* model_dim;       ///< d
+  const char* num_experts;     ///< N
+  const char* top_k;           ///< k
+  const char* top_k_alias;     ///< read when top_k is absent, or nullptr
+  int top_k_default;           ///< k when neither key is there (0: the key is required)
+  const char* expert_dim;      ///< m
+  const char* router;          ///< the router weight [N, d]
+  const char* router_bias;     ///< its bias [N], or nullptr
+  const char* selection_bias;  ///< a bias [N] added to the scores for selection only, or nullptr
+  HfExperts experts;
+  const char* expert_names[3];  ///< kIndexed: the gate, up and down linears
+  MoEConfig (*routing)(const HfConfig& c, int k);
+  /// Adds the family's always-on experts (nullptr: none).
+  void (*shared)(const HfConfig& c, const HfTensors& t, Index d, Index m, MoELayer<float>& layer);
+};
+
+inline MoEConfig hf_qwen2_routing(const HfConfig& c, int k) {
+  return presets::qwen2_moe(k, c.boolean_or("norm_topk_prob", false));
+}
+inline MoEConfig hf_qwen3_routing(const HfConfig& c, int k) {
+  return presets::qwen3_moe(k, c.boolean_or("norm_topk_prob", false));
+}
+inline MoEConfig hf_olmoe_routing(const HfConfig& c, int k) {
+  return presets::olmoe(k, c.boolean_or("norm_topk_prob", false));
+}
+
+/// DeepSeek-V2: softmax scores, greedy or group-limited greedy top-k.
+inline MoEConfig hf_deepseek_v2_routing(const HfConfig& c, int k) {
+  const std::string scoring = c.string_or("scoring_func", "softmax");
+  MOE_CHECK(scoring == "softmax",
+            "config.json (deepseek_v2): scoring_func '" << scoring << "' (softmax only)");
+  const std::string method = c.string_or("topk_method", "greedy");
+  MOE_CHECK(method == "greedy" || method == "group_limited_greedy",
+            "config.json (deepseek_v2): topk_method '" << method << "' (greedy or group_limited_greedy)");
+  const bool grouped = method == "group_limited_greedy";
+  return presets::deepseek_v2(
+      k, grouped, grouped ? c.integer("n_group") : 1, grouped ? c.integer("topk_group") : 1,
+      c.number_or("routed_scaling_factor", 1.0), c.boolean_or("norm_topk_prob", false));
+}
+
+/// DeepSeek-V3 and GLM-4-MoE: sigmoid scores, selection biased by e_score_correction_bias (noaux_tc).
+inline MoEConfig hf_deepseek_v3_routing(const HfConfig& c, int k) {
+  const std::string scoring = c.string_or("scoring_func", "sigmoid");
+  MOE_CHECK(scoring == "sigmoid",
+            "config.json (" << c.family() << "): scoring_func '" << scoring << "' (sigmoid only)");
+  const std::string method = c.string_or("topk_method", "noaux_tc");
+  MOE_CHECK(method == "noaux_tc",
+            "config.json (" << c.family() << "): topk_method '" << method << "' (noaux_tc only)");
+  return presets::deepseek_v3(k, c.integer("n_group"), c.integer("topk_group"),
+                              c.number("routed_scaling_factor"), c.boolean_or("norm_topk_prob", true));
+}
+
+/// DBRX: ffn_config's SiLU experts and the p-norm of moe_normalize_expert_weights (null: none).
+inline MoEConfig hf_dbrx_routing(const HfConfig& c, int k) {
+  const HfConfig f = c.sub("ffn_config");
+  const nlohmann::json& act = f.has("ffn_act_fn") ? f.json().at("ffn_act_fn") : nlohmann::json();
+  const std::string name = act.is_object() ? act.value("name", std::string("silu")) : std::string("silu");
+  MOE_CHECK(name == "silu", "config.json (dbrx): ffn_act_fn '" << name << "' is not supported (silu only)");
+  std::optional<double> p = 1.0;
+  if (f.json().contains("moe_normalize_expert_weights"))
+    p = f.has("moe_normalize_expert_weights")
+            ? std::optional<double>(f.number("moe_normalize_expert_weights"))
+            : std::nullopt;
+  return presets::dbrx(k, p);
+}
+
+/// One always-on expert of hidden width m named {name}.{gate,up,down}_proj.weight.
+inline std::vector<FfnWeights<float>> hf_one_shared_expert(const HfTensors& t, const std::string& name,
+                                                           Index d, Index m) {
+  std::vector<FfnWeights<float>> shared;
+  shared.push_back(hf_linear_ffn(t, name + ".gate_proj.weight", name + ".up_proj.weight",
+                                 name + ".down_proj.weight", d, m));
+  return shared;
+}
+
+/// Qwen2-MoE: a shared expert of shared_expert_intermediate_size, gated by sigmoid(x·w).
+inline void hf_qwen2_shared(const HfConfig& c, const HfTensors& t, Index d, Index, MoELayer<float>& layer) {
+  if (c.integer_or("shared_expert_intermediate_size", 0) == 0) return;
+  auto shared = hf_one_shared_expert(t, "shared_expert", d, c.integer("shared_expert_intermediate_size"));
+  const std::vector<float> g = t.load("shared_expert_gate.weight", {1, d});
+  layer.set_shared_experts(std::move(shared), Eigen::Map<const Eigen::VectorXf>(g.data(), d));
+}
+
+/// DeepSeek and GLM-4-MoE: n_shared_experts experts of width m as one FFN of width m·n_shared.
+inline void hf_deepseek_shared(const HfConfig& c, const HfTensors& t, Index d, Index m,
+                               MoELayer<float>& layer) {
+  if (c.integer_or("n_shared_experts", 0) == 0) return;
+  layer.set_shared_experts(hf_one_shared_expert(t, "shared_experts", d, m * c.integer("n_shared_experts")));
+}
+
+/// Llama 4: one shared expert of the routed experts' width, always.
+inline void hf_llama4_shared(const HfConfig&, const HfTensors& t, Index d, Index m, MoELayer<float>& layer) {
+  layer.set_shared_experts(hf_one_shared_expert(t, "shared_expert", d, m));
+}
+
+/// The families load_hf_moe_block reads, a row each (fields in HfMoeFamily's order).
+inline const std::vector<HfMoeFamily>& hf_moe_family_table() {
+  using E = HfExperts;
+  const char* const hs = "hidden_size";
+  const char* const tok = "num_experts_per_tok";
+  static const std::vector<HfMoeFamily> table = {
+      {"mixtral",
+       nullptr,
+       hs,
+       "num_local_experts",
+       tok,
+       nullptr,
+       0,
+       "intermediate_size",
+       "gate.weight",
+       nullptr,
+       nullptr,
+       E::kIndexed,
+       {"w1", "w3", "w2"},
+       [](const HfConfig&, int k) { return presets::mixtral(k); },
+       nullptr},
+      {"qwen2_moe",
+       nullptr,
+       hs,
+       "num_experts",
+       tok,
+       nullptr,
+       0,
+       "moe_intermediate_size",
+       "gate.weight",
+       nullptr,
+       nullptr,
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_qwen2_routing,
+       hf_qwen2_shared},
+      {"qwen3_moe",
+       nullptr,
+       hs,
+       "num_experts",
+       tok,
+       nullptr,
+       0,
+       "moe_intermediate_size",
+       "gate.weight",
+       nullptr,
+       nullptr,
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_qwen3_routing,
+       nullptr},
+      {"olmoe",
+       nullptr,
+       hs,
+       "num_experts",
+       tok,
+       nullptr,
+       0,
+       "intermediate_size",
+       "gate.weight",
+       nullptr,
+       nullptr,
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_olmoe_routing,
+       nullptr},
+      {"deepseek_v2",
+       nullptr,
+       hs,
+       "n_routed_experts",
+       tok,
+       nullptr,
+       0,
+       "moe_intermediate_size",
+       "gate.weight",
+       nullptr,
+       nullptr,
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_deepseek_v2_routing,
+       hf_deepseek_shared},
+      {"deepseek_v3",
+       nullptr,
+       hs,
+       "n_routed_experts",
+       tok,
+       nullptr,
+       0,
+       "moe_intermediate_size",
+       "gate.weight",
+       nullptr,
+       "gate.e_score_correction_bias",
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_deepseek_v3_routing,
+       hf_deepseek_shared},
+      {"glm4_moe",
+       nullptr,
+       hs,
+       "n_routed_experts",
+       tok,
+       nullptr,
+       0,
+       "moe_intermediate_size",
+       "gate.weight",
+       nullptr,
+       "gate.e_score_correction_bias",
+       E::kIndexed,
+       {"gate_proj", "up_proj", "down_proj"},
+       hf_deepseek_v3_routing,
+       hf_deepseek_shared},
+      {"llama4_text",
+       nullptr,
+       hs,
+       "num_local_experts",
+       tok,
+       nullptr,
+       1,
+       "intermediate_size",
+       "router.weight",
+       nullptr,
+       nullptr,
+       E::kStacked,
+       {},
+       [](const HfConfig&, int k) { return presets::llama4(k); },
+       hf_llama4_shared},
+      {"gpt_oss",
+       nullptr,
+       hs,
+       "num_local_experts",
+       tok,
+       "experts_per_token",
+       0,
+       "intermediate_size",
+       "router.weight",
+       "router.bias",
+       nullptr,
+       E::kGptOss,
+       {},
+       [](const HfConfig& c, int k) { return presets::gpt_oss(k, c.number_or("swiglu_limit", 7.0)); },
+       nullptr},
+      {"dbrx",
+       "ffn_config",
+       "d_model",
+       "moe_num_experts",
+       "moe_top_k",
+       nullptr,
+       0,
+       "ffn_hidden_size",
+       "router.layer.weight",
+       nullptr,
+       nullptr,
+       E::kDbrx,
+       {},
+       hf_dbrx_routing,
+       nullptr},
+  };
+  return table;
+}
+
+/// The row of `model_type`, or nullptr.
+inline const HfMoeFamily* find_hf_moe_family(const std::string& model_type) {
+  for (const HfMoeFamily& f : hf_moe_family_table())
+    if (model_type == f.model_type) return &f;
+  return nullptr;
+}
+
+/// The family of `config` (or of its text_config, for a multimodal model); throws moe::Error
+/// listing the known families otherwise. *block: the config object the family's keys are in.
+inline const HfMoeFamily& hf_moe_family_of(const nlohmann::json& config, const nlohmann::json** block) {
+  MOE_CHECK(config.is_object(), "config.json: expected a JSON object");
+  *block = &config;
+  std::string type = config.value("model_type", std::string());
+  if (!find_hf_moe_family(type) && config.contains("text_config") && config.at("text_config").is_object()) {
+    *block = &config.at("text_config");
+    type = (*block)->value("model_type", std::string());
+  }
+  const HfMoeFamily* family = find_hf_moe_family(type);
+  if (!family) {
+    std::string list;
+    for (const HfMoeFamily& f : hf_moe_family_table())
+      list += (list.empty() ? "" : ", ") + std::string(f.model_type);
+    MOE_CHECK(false,
+              "config.json: model_type '" << type << "' is not a supported MoE family (" << list << ")");
+  }
+  return *family;
+}
+
+/// k of a block of family f: its top_k key, else its alias, else its default; a required key that
+/// is missing is an error naming it.
+inline int hf_top_k(const HfMoeFamily& f, const HfConfig& sizes) {
+  if (sizes.has(f.top_k)) return sizes.integer(f.top_k);
+  if (f.top_k_alias) return sizes.integer(f.top_k_alias);
+  return f.top_k_default > 0 ? f.top_k_default : sizes.integer(f.top_k);
+}
+
+/// The routed experts of a block of family f, N experts of width m over d.
+inline std::vector<FfnWeights<float>> hf_routed_experts(const HfMoeFamily& f, const HfTensors& t, int n,
+                                                        Index d, Index m) {
+  switch (f.experts) {
+    case HfExperts::kIndexed:
+      return hf_indexed_experts(t, n, d, m, f.expert_names[0], f.expert_names[1], f.expert_names[2]);
+    case HfExperts::kStacked:
+      return hf_stacked_experts(t, "experts.gate_up_proj", "experts.down_proj", n, d, m,
+                                /*interleaved=*/false);
+    case HfExperts::kGptOss:
+      return hf_gpt_oss_experts(t, n, d, m);
+    case HfExperts::kDbrx:
+      return hf_dbrx_experts(t, n, d, m);
+  }
+  MOE_CHECK(false, "MoE block: unknown expert layout");
+  return {};
+}
+
+}  // namespace detail
+
+/// The model_type values load_hf_moe_block accepts.
+inline std::vector<std::string> hf_moe_families() {
+  std::vector<std::string> names;
+  for (const detail::HfMoeFamily& f : detail::hf_moe_family_table()) names.emplace_back(f.model_type);
+  return names;
+}
+
+/// Builds one MoE block from a Hugging Face config.json (`config`; a multimodal config's
+/// `text_config` is used when its own model_type is not a MoE family) and the block's tensors in
+/// `file` under `prefix` (e.g. "model.layers.0.mlp."). F32, F16, BF16 tensors, converted to float.
+/// The family's row of detail::hf_moe_family_table() says which keys and tensors to read: the
+/// sizes, the router (then its biases), the routed experts, then the shared experts. Throws
+/// moe::Error for an unknown model_type, a missing required config key, a missing tensor or a
+/// tensor of the wrong shape.
+inline MoELayer<float> load_hf_moe_block(const nlohmann::json& config, const SafeTensorsFile& file,
+                                         const std::string& prefix) {
+  const nlohmann::json* block = nullptr;
+  const detail::HfMoeFamily& f = detail::hf_moe_family_of(config, &block);
+  const detail::HfConfig c(*block, f.model_type);
+  const detail::HfConfig sizes = f.sizes_object ? c.sub(f.sizes_object) : c;
+  const Index d = c.integer(f.model_dim);
+  const int n = sizes.integer(f.num_experts);
+  const int k = detail::hf_top_k(f, sizes);
+  const Index m = sizes.integer(f.expert_dim);
+  const MoEConfig routing = f.routing(c, k);
+
+  const detail::HfTensors t(file, prefix);
+  RouterGate<float> gate(t.linear(f.router, d, n));
+  if (f.router_bias) gate.bias = t.vector(f.router_bias, n);
+  if (f.selection_bias) gate.selection_bias = t.vector(f.selection_bias, n);
+  MoELayer<float> layer(detail::hf_routed_experts(f, t, n, d, m), std::move(gate), routing);
+  if (f.shared) f.shared(c, t, d, m, layer);
+  return layer;
 }
 
 }  // namespace moe
