@@ -20,6 +20,7 @@
 #include <moe/model/llama_model.hpp>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -47,10 +48,10 @@ constexpr const char* kUsage =
     "  --scale: LLaMA-MoE's score_scale_factor (default N/k, formula 6); auto: the least-squares\n"
     "      scale of the routed output on the calibration tokens.\n";
 
-int usage(const std::string& why) {
-  std::fprintf(stderr, "moe_convert: %s\n%s", why.c_str(), kUsage);
-  return 2;
-}
+/// A command-line error: printed with the usage text, exit code 2.
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 /// Calibration tokens: each layer's FFN inputs, split into the rows that build the experts and
 /// router (the first fit_rows) and the rest that measure them; with text, the measuring rows are
@@ -157,322 +158,436 @@ struct LayerReport {
   std::vector<double> load;
 };
 
-}  // namespace
+/// The command line: every flag's value, checked for the flags' syntax and names only.
+struct Options {
+  std::map<std::string, std::string> values;
+  bool help = false;  ///< --help or -h: print the usage and stop
+  bool has(const std::string& flag) const { return values.count(flag) != 0; }
+  const std::string& operator[](const std::string& flag) const { return values.at(flag); }
+  std::string get(const std::string& flag, const std::string& fallback) const {
+    return has(flag) ? values.at(flag) : fallback;
+  }
+  std::string method() const { return values.at("--method"); }
+  std::string router() const { return get("--router", "random"); }
+  bool uses_importance() const {
+    return method() == "sharing-inner" || method() == "sharing-inter" || method() == "gradient";
+  }
+  bool auto_scale() const { return get("--scale", "") == "auto"; }
+};
 
-int main(int argc, char** argv) {
+/// Reads argv into Options; throws UsageError for an unknown, repeated or misplaced flag, a
+/// missing required one, or an unknown method or router.
+Options parse_options(int argc, char** argv) {
   const std::set<std::string> flags = {
       "--model",    "--output",     "--experts", "--top-k",  "--method", "--seed",        "--expert-size",
       "--residual", "--importance", "--calib",   "--router", "--scale",  "--calib-tokens"};
-  std::map<std::string, std::string> opt;
+  Options opt;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
+      opt.help = true;
+      return opt;
     }
-    if (!flags.count(a)) return usage("unknown option '" + a + "'");
-    if (i + 1 >= argc) return usage("option " + a + " needs a value");
-    if (opt.count(a)) return usage("option " + a + " given twice");
-    opt[a] = argv[++i];
+    if (!flags.count(a)) throw UsageError("unknown option '" + a + "'");
+    if (i + 1 >= argc) throw UsageError("option " + a + " needs a value");
+    if (opt.has(a)) throw UsageError("option " + a + " given twice");
+    opt.values[a] = argv[++i];
   }
   for (const char* required : {"--model", "--output", "--experts", "--top-k", "--method"})
-    if (!opt.count(required)) return usage(std::string("missing ") + required);
-  const std::string method = opt["--method"];
+    if (!opt.has(required)) throw UsageError(std::string("missing ") + required);
   const std::set<std::string> methods = {"random",        "clustering",   "sharing-inner",
                                          "sharing-inter", "coactivation", "gradient"};
-  if (!methods.count(method))
-    return usage("unknown method '" + method +
-                 "' (random, clustering, sharing-inner, sharing-inter, coactivation, gradient)");
-  const std::string router = opt.count("--router") ? opt["--router"] : "random";
+  if (!methods.count(opt.method()))
+    throw UsageError("unknown method '" + opt.method() +
+                     "' (random, clustering, sharing-inner, sharing-inter, coactivation, gradient)");
+  const std::string router = opt.router();
   if (router != "random" && router != "centroid" && router != "fit")
-    return usage("unknown router '" + router + "' (random, centroid, fit)");
-  const bool uses_importance = method == "sharing-inner" || method == "sharing-inter" || method == "gradient";
-  if (opt.count("--importance") && !uses_importance)
-    return usage("--importance is used only by sharing-inner, sharing-inter and gradient");
-  if (opt.count("--expert-size") && method != "sharing-inner" && method != "sharing-inter")
-    return usage("--expert-size is used only by sharing-inner and sharing-inter");
-  if (opt.count("--residual") && method != "sharing-inter")
-    return usage("--residual is used only by sharing-inter");
+    throw UsageError("unknown router '" + router + "' (random, centroid, fit)");
+  if (opt.has("--importance") && !opt.uses_importance())
+    throw UsageError("--importance is used only by sharing-inner, sharing-inter and gradient");
+  if (opt.has("--expert-size") && opt.method() != "sharing-inner" && opt.method() != "sharing-inter")
+    throw UsageError("--expert-size is used only by sharing-inner and sharing-inter");
+  if (opt.has("--residual") && opt.method() != "sharing-inter")
+    throw UsageError("--residual is used only by sharing-inter");
+  return opt;
+}
 
+/// The conversion's numbers, checked against the model: N, k, the seed, the calibration budget and
+/// the sizes the sharing methods take.
+struct Settings {
+  std::string method, router;
+  int n = 0, k = 0, residual = 1;
+  std::uint64_t seed = 0;
+  Index max_tokens = 4096, expert_size = 0, d = 0, dh = 0;
+  int layers = 0;
+};
+
+Settings check_settings(const Options& opt, const LlamaConfig& cfg) {
+  Settings s{opt.method(), opt.router()};
+  const std::int64_t n = parse_int("--experts", opt["--experts"]), k = parse_int("--top-k", opt["--top-k"]);
+  MOE_CHECK(n >= 1 && n <= 4096, "--experts must be in [1, 4096], got " << n);
+  MOE_CHECK(k >= 1 && k <= n, "--top-k must be in [1, N=" << n << "], got " << k);
+  s.n = static_cast<int>(n);
+  s.k = static_cast<int>(k);
+  s.seed = static_cast<std::uint64_t>(opt.has("--seed") ? parse_int("--seed", opt["--seed"]) : 0);
+  s.max_tokens = opt.has("--calib-tokens") ? parse_int("--calib-tokens", opt["--calib-tokens"]) : 4096;
+  MOE_CHECK(s.max_tokens >= 8, "--calib-tokens must be at least 8");
+  s.d = cfg.hidden;
+  s.dh = cfg.intermediate;
+  s.layers = cfg.layers;
+  if (s.method == "clustering" || s.method == "coactivation")
+    MOE_CHECK(s.dh % s.n == 0,
+              "method " << s.method << " makes equal experts: N=" << s.n << " must divide d_h=" << s.dh);
+  MOE_CHECK(s.dh >= s.n, "cannot split d_h=" << s.dh << " neurons into N=" << s.n << " experts");
+  s.residual = opt.has("--residual") ? static_cast<int>(parse_int("--residual", opt["--residual"])) : 1;
+  if (s.method == "sharing-inner") s.expert_size = s.dh / s.n;
+  if (s.method == "sharing-inter") s.expert_size = s.dh / (s.n + s.residual);
+  if (opt.has("--expert-size")) s.expert_size = parse_int("--expert-size", opt["--expert-size"]);
+  if (s.method == "sharing-inner")
+    MOE_CHECK(s.expert_size >= 1 && s.expert_size <= s.dh,
+              "--expert-size must be in [1, d_h=" << s.dh << "]");
+  if (s.method == "sharing-inter") {
+    MOE_CHECK(s.residual >= 1, "--residual must be at least 1");
+    MOE_CHECK(s.expert_size >= 1 && s.residual * s.expert_size + s.n <= s.dh,
+              "--residual " << s.residual << " x --expert-size " << s.expert_size << " leaves fewer than N="
+                            << s.n << " of d_h=" << s.dh << " neurons for the routed experts");
+  }
+  const bool needs_calib = opt.uses_importance() || s.method == "coactivation" || s.router == "fit";
+  MOE_CHECK(!needs_calib || opt.has("--calib"),
+            "--calib is needed by method " << s.method << (s.router == "fit" ? " / --router fit" : ""));
+  MOE_CHECK(!opt.uses_importance() || opt.has("--importance"),
+            "--importance is needed by method " << s.method);
+  MOE_CHECK(!opt.auto_scale() || opt.has("--calib"), "--scale auto needs --calib");
+  return s;
+}
+
+/// The dense LLaMA to convert; throws if it is not one, or lacks an MLP tensor.
+HfCheckpoint open_dense_model(const Options& opt) {
+  HfCheckpoint ckpt(opt["--model"]);
+  MOE_CHECK(ckpt.config().value("model_type", std::string()) == "llama",
+            "'" << opt["--model"] << "/config.json' is not a LLaMA model (model_type '"
+                << ckpt.config().value("model_type", std::string()) << "')");
+  const LlamaConfig cfg = LlamaConfig::from_json(ckpt.config());
+  for (int i = 0; i < cfg.layers; ++i)
+    for (const char* p : {"gate_proj", "up_proj", "down_proj"}) (void)ckpt.info(detail::llama_mlp_name(i, p));
+  return ckpt;
+}
+
+/// One layer's experts: the routed partition and, for sharing-inter, the residual one.
+struct LayerPartition {
+  std::unique_ptr<ExpertPartition> routed, residual;
+  double objective = 0;  ///< clustering: the k-means objective; coactivation: the cut weight
+};
+
+/// Splits layer i's neurons by the method (formula 3's index sets). x_fit, h_fit: the layer's
+/// calibration inputs and hidden activations; imp: per-cluster importance (formula 5).
+LayerPartition split_layer(const Settings& s, int i, const FfnWeights<float>& dense,
+                           const RowMatrix<float>& h_fit, const Eigen::MatrixXd& imp) {
+  LayerPartition p;
+  const auto keep = [&](ExpertPartition part) {
+    p.routed = std::make_unique<ExpertPartition>(std::move(part));
+  };
+  if (s.method == "random") {
+    keep(ExpertPartition::independent_random(s.dh, s.n, s.seed + static_cast<std::uint64_t>(i)));
+  } else if (s.method == "clustering" || s.method == "coactivation") {
+    ConstructedPartition c = s.method == "clustering" ? independent_clustering<float>(dense.up, s.n, s.seed)
+                                                      : coactivation_partition<float>(h_fit, s.n, s.seed);
+    p.objective = c.objective;
+    keep(std::move(c.partition));
+  } else if (s.method == "sharing-inner") {
+    keep(sharing_inner(imp, s.expert_size));
+  } else if (s.method == "gradient") {
+    keep(gradient_partition(imp));
+  } else {
+    ResidualPartition rp = sharing_inter(imp, s.residual, s.expert_size);
+    keep(std::move(rp.routed));
+    p.residual = std::make_unique<ExpertPartition>(std::move(rp.residual));
+  }
+  return p;
+}
+
+/// Layer i's router, initialised without training (router_init.hpp).
+RouterGate<float> init_router(const Settings& s, int i, const FfnWeights<float>& dense,
+                              const ExpertPartition& routed, const RowMatrix<float>& x_fit,
+                              const RowMatrix<float>& h_fit) {
+  RouterGate<float> gate;
+  if (s.router == "random")
+    return random_router(s.d, s.n, s.seed + 1000003ULL * static_cast<std::uint64_t>(i + 1));
+  if (s.router == "centroid") gate = RouterGate<float>(centroid_router<float>(dense.up, routed));
+  if (s.router == "fit")
+    gate = RouterGate<float>(fit_router<float>(x_fit, expert_activation_mass<float>(h_fit, routed)));
+  gate.noise = ColMatrix<float>::Zero(s.d, s.n);
+  return gate;
+}
+
+/// Every layer as converted: the MoE layers (scale 1) beside their dense FFNs, and what the
+/// checkpoint records of them.
+struct Converted {
+  SafeTensorsWriter writer;
+  std::vector<MoELayer<float>> layers;
+  std::vector<FfnWeights<float>> dense;
+  std::vector<std::vector<Index>> sizes, residual_sizes;
+  nlohmann::json partitions = nlohmann::json::array();
+  std::vector<LayerReport> reports;
+};
+
+/// Records layer i's partition in the checkpoint (tensors, sizes, partition.json) and keeps its layer.
+void add_layer(Converted& out, const HfCheckpoint& ckpt, int i, const Settings& s, FfnWeights<float> dense,
+               const LayerPartition& p, const RouterGate<float>& gate) {
+  std::vector<Index> sizes;
+  nlohmann::json pj = {{"layer", i}, {"experts", nlohmann::json::array()}};
+  for (int e = 0; e < s.n; ++e) {
+    sizes.push_back(p.routed->expert_size(e));
+    pj["experts"].push_back(p.routed->expert(e));
+  }
+  out.sizes.push_back(sizes);
+  if (p.residual) {
+    std::vector<Index> rs;
+    pj["residual"] = nlohmann::json::array();
+    for (int r = 0; r < p.residual->num_experts(); ++r) {
+      rs.push_back(p.residual->expert_size(r));
+      pj["residual"].push_back(p.residual->expert(r));
+    }
+    out.residual_sizes.push_back(rs);
+  }
+  out.partitions.push_back(pj);
+  add_llama_moe_experts(out.writer, ckpt, i, *p.routed, p.residual.get());
+  add_llama_moe_gate(out.writer, i, gate, p.residual != nullptr);
+  MoELayer<float> layer(slice_experts<float>(dense.view(), *p.routed), gate,
+                        presets::llama_moe_gate(s.k, 1.0));
+  if (p.residual) layer.set_shared_experts(slice_experts<float>(dense.view(), *p.residual));
+  out.layers.push_back(std::move(layer));
+  out.dense.push_back(std::move(dense));
+}
+
+/// Step: build every layer's experts and router from the dense FFN and the calibration tokens.
+Converted build_layers(const HfCheckpoint& ckpt, const Settings& s, const Calibration& calib,
+                       const SafeTensorsFile* importance_file) {
+  Converted out;
+  out.reports.resize(static_cast<std::size_t>(s.layers));
+  const Progress bar("building experts", s.layers);
+  for (int i = 0; i < s.layers; ++i) {
+    bar.step(i, "layer " + std::to_string(i) + ": " + s.method);
+    FfnWeights<float> dense = llama_ffn_weights(ckpt, i);
+    RowMatrix<float> x_fit, h_fit;
+    if (!calib.empty()) {
+      x_fit = calib.fit(i);
+      h_fit = ffn_hidden(dense, x_fit);
+    }
+    Eigen::MatrixXd imp;
+    if (importance_file) {  // per data cluster of the fit tokens
+      RowMatrix<double> xn = x_fit.cast<double>();
+      for (Index t = 0; t < xn.rows(); ++t)
+        if (xn.row(t).norm() > 0) xn.row(t).normalize();
+      const std::vector<int> cluster = kmeans(xn, s.n, s.seed).labels;
+      imp = layer_importance(*importance_file, i, s.n, s.dh, h_fit, cluster);
+    }
+    const LayerPartition p = split_layer(s, i, dense, h_fit, imp);
+    out.reports[static_cast<std::size_t>(i)].partition_objective = p.objective;
+    const RouterGate<float> gate = init_router(s, i, dense, *p.routed, x_fit, h_fit);
+    add_layer(out, ckpt, i, s, std::move(dense), p, gate);
+  }
+  bar.step(s.layers, "done");
+  return out;
+}
+
+/// Layer i of `c` on the fit or the measuring calibration tokens: the routed part of the MoE
+/// output (scale 1), its residual part, and the dense FFN's output.
+void routed_and_dense(const Converted& c, const Calibration& calib, int i, bool fit_part,
+                      RowMatrix<float>& routed_y, RowMatrix<float>& shared_y, RowMatrix<float>& dense_y,
+                      RoutingRecord<float>* rec) {
+  const RowMatrix<float> xs = fit_part ? calib.fit(i) : calib.eval(i);
+  const MoELayer<float>& l = c.layers[static_cast<std::size_t>(i)];
+  const FfnWeights<float>& dense = c.dense[static_cast<std::size_t>(i)];
+  MoEWorkspace<float> ws;
+  RowMatrix<float> y(xs.rows(), l.model_dim());
+  l.forward(xs, y, ws, nullptr, rec);  // scale 1: y = Σ w·E + residual
+  shared_y = RowMatrix<float>::Zero(xs.rows(), l.model_dim());
+  for (const auto& e : l.shared_experts()) shared_y += ffn_hidden(e, xs) * e.down;
+  routed_y = y - shared_y;
+  dense_y = ffn_hidden(dense, xs) * dense.down;
+}
+
+/// Step: the score_scale_factor: --scale F, N/k by default, or with auto the least-squares scale
+/// min_s Σ_layers ‖s·routed + shared − dense‖² on the fit tokens.
+double output_scale(const Options& opt, const Settings& s, const Converted& c, const Calibration& calib) {
+  if (opt.has("--scale") && !opt.auto_scale()) {
+    char* end = nullptr;
+    const double scale = std::strtod(opt["--scale"].c_str(), &end);
+    MOE_CHECK(*end == '\0' && std::isfinite(scale) && scale > 0, "--scale must be a positive number or auto");
+    return scale;
+  }
+  if (!opt.auto_scale() || calib.empty()) return static_cast<double>(s.n) / s.k;
+  double num = 0, den = 0;
+  for (int i = 0; i < s.layers; ++i) {
+    RowMatrix<float> r, sh, dn;
+    routed_and_dense(c, calib, i, true, r, sh, dn, nullptr);
+    num += static_cast<double>((dn - sh).cwiseProduct(r).sum());
+    den += static_cast<double>(r.squaredNorm());
+  }
+  MOE_CHECK(den > 0 && num > 0,
+            "--scale auto: the routed output is zero or anti-correlated with the dense one");
+  return num / den;
+}
+
+/// Step: layer i measured on the held-out calibration tokens: the FFN error at `scale`, the
+/// router's oracle top-k recall, the error of oracle routing (each token's k experts with the most
+/// activation mass, weight 1 each, no scale: what a perfect router would leave with this
+/// partition), and the load per expert.
+void measure_layer(Converted& c, const Calibration& calib, const Settings& s, int i, double scale) {
+  RowMatrix<float> r, sh, dn;
+  RoutingRecord<float> rec;
+  routed_and_dense(c, calib, i, false, r, sh, dn, &rec);
+  LayerReport& rep = c.reports[static_cast<std::size_t>(i)];
+  rep.rel_error = static_cast<double>((static_cast<float>(scale) * r + sh - dn).norm() / dn.norm());
+  const MoELayer<float>& layer = c.layers[static_cast<std::size_t>(i)];
+  const RowMatrix<float> xe = calib.eval(i);
+  RowMatrix<float> logits(xe.rows(), s.n);
+  GateScratch<float> gs;
+  gate_logits<float>(layer.router(), RouterOptions{}, xe, logits, gs);
+  const ExpertPartition routed(
+      s.dh,
+      c.partitions[static_cast<std::size_t>(i)]["experts"].get<std::vector<std::vector<std::int32_t>>>());
+  const RowMatrix<double> mass =
+      expert_activation_mass<float>(ffn_hidden(c.dense[static_cast<std::size_t>(i)], xe), routed);
+  rep.recall = oracle_top_k_recall(logits, mass, s.k);
+  IdMatrix ids(xe.rows(), s.k);
+  std::vector<double> scratch(static_cast<std::size_t>(s.k));
+  for (Index t = 0; t < xe.rows(); ++t) {
+    const Eigen::RowVectorXd m = mass.row(t);
+    top_k(m.data(), s.n, s.k, ids.row(t).data(), scratch.data());
+  }
+  MoEWorkspace<float> ws;
+  RowMatrix<float> y_oracle(xe.rows(), s.d);
+  layer.forward_routed(xe, ids, RowMatrix<float>::Ones(xe.rows(), s.k), y_oracle, ws);
+  rep.oracle_error = static_cast<double>((y_oracle - dn).norm() / dn.norm());
+  for (const Index count : rec.tokens_per_expert)
+    rep.load.push_back(static_cast<double>(count) / static_cast<double>(xe.rows() * s.k));
+}
+
+/// Step: the report on stdout, a line per layer.
+void print_report(const Options& opt, const Settings& s, const Converted& c, const Calibration& calib,
+                  double scale) {
+  std::printf(
+      "moe_convert: %s -> %s: %d layers, d=%lld, d_h=%lld, N=%d, k=%d, method %s, router %s, scale %.4g\n",
+      opt["--model"].c_str(), opt["--output"].c_str(), s.layers, static_cast<long long>(s.d),
+      static_cast<long long>(s.dh), s.n, s.k, s.method.c_str(), s.router.c_str(), scale);
+  if (calib.empty()) std::printf("  (no --calib: FFN error, oracle recall and load not measured)\n");
+  if (!calib.empty())
+    std::printf("  measured on %lld held-out calibration tokens per layer\n",
+                static_cast<long long>(calib.eval_rows()));
+  for (int i = 0; i < s.layers; ++i) {
+    const LayerReport& rep = c.reports[static_cast<std::size_t>(i)];
+    std::printf("  layer %d:", i);
+    if (s.method == "clustering") std::printf(" k-means objective %.4g", rep.partition_objective);
+    if (s.method == "coactivation") std::printf(" cut weight %.4f", rep.partition_objective);
+    if (!calib.empty()) {
+      std::printf(" ffn rel.err %.4f (oracle routing %.4f)  oracle recall %.4f  load", rep.rel_error,
+                  rep.oracle_error, rep.recall);
+      for (const double l : rep.load) std::printf(" %.3f", l);
+    }
+    std::printf("\n");
+  }
+}
+
+/// The written checkpoint read back as a whole model: next-byte loss on the held-out windows,
+/// dense vs MoE (bits/byte = nats / ln 2).
+void print_model_loss(const HfCheckpoint& dense_ckpt, const fs::path& written, const Calibration& calib) {
+  const LlamaModel dense_model(dense_ckpt), moe_model{HfCheckpoint(written.string())};
+  double dense_loss = 0, moe_loss = 0;
+  for (const auto& ids : calib.eval_windows) {
+    dense_loss += next_token_loss(dense_model.forward(ids), ids);
+    moe_loss += next_token_loss(moe_model.forward(ids), ids);
+  }
+  const double w = static_cast<double>(calib.eval_windows.size()) * std::log(2.0);
+  std::printf("  next-byte loss on %zu held-out windows of 256: dense %.4f bits/byte, MoE %.4f bits/byte\n",
+              calib.eval_windows.size(), dense_loss / w, moe_loss / w);
+}
+
+/// The files of the output directory, written into `dir`: model.safetensors (the experts and
+/// routers, every other tensor copied unchanged), config.json, partition.json and the model's
+/// generation_config.json.
+void write_files(const fs::path& dir, const Options& opt, const Settings& s, Converted& c,
+                 const HfCheckpoint& ckpt, double scale) {
+  for (const std::string& name : ckpt.names()) {
+    if (name.find(".mlp.") != std::string::npos) continue;
+    const TensorInfo& t = ckpt.info(name);
+    c.writer.add_bytes(name, t.dtype, t.shape, ckpt.file_of(name).bytes(name), t.end - t.begin);
+  }
+  c.writer.set_metadata("format", "pt");
+  c.writer.write((dir / "model.safetensors").string());
+  const nlohmann::json config = llama_moe_config(ckpt.config(), s.k, c.sizes, c.residual_sizes,
+                                                 s.router == "random" ? "mlp" : "linear", scale);
+  std::ofstream(dir / "config.json") << config.dump(2) << "\n";
+  nlohmann::json pjson = {{"method", s.method},    {"seed", s.seed},     {"num_experts", s.n},
+                          {"top_k", s.k},          {"router", s.router}, {"score_scale_factor", scale},
+                          {"layers", c.partitions}};
+  if (s.method == "sharing-inter") pjson["num_experts_residual"] = s.residual;
+  std::ofstream pf(dir / "partition.json");
+  pf << pjson.dump() << "\n";
+  MOE_CHECK(pf.good(), "cannot write '" << (dir / "partition.json").string() << "'");
+  pf.close();
+  for (const char* extra : {"generation_config.json"})
+    if (fs::exists(fs::path(opt["--model"]) / extra))
+      fs::copy_file(fs::path(opt["--model"]) / extra, dir / extra);
+}
+
+/// Step: writes the checkpoint under a temporary name beside --output, scores it there (text
+/// calibration), then renames it: the output appears only once complete.
+void write_checkpoint(const Options& opt, const Settings& s, Converted& c, const HfCheckpoint& ckpt,
+                      const Calibration& calib, double scale) {
+  const fs::path out_dir = opt["--output"];
+  const fs::path tmp = out_dir.string() + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
   try {
-    const auto t0 = std::chrono::steady_clock::now();
-    const std::int64_t n64 = parse_int("--experts", opt["--experts"]),
-                       k64 = parse_int("--top-k", opt["--top-k"]);
-    const auto seed =
-        static_cast<std::uint64_t>(opt.count("--seed") ? parse_int("--seed", opt["--seed"]) : 0);
-    MOE_CHECK(n64 >= 1 && n64 <= 4096, "--experts must be in [1, 4096], got " << n64);
-    MOE_CHECK(k64 >= 1 && k64 <= n64, "--top-k must be in [1, N=" << n64 << "], got " << k64);
-    const int n = static_cast<int>(n64), k = static_cast<int>(k64);
-    const Index max_tokens =
-        opt.count("--calib-tokens") ? parse_int("--calib-tokens", opt["--calib-tokens"]) : 4096;
-    MOE_CHECK(max_tokens >= 8, "--calib-tokens must be at least 8");
-    const fs::path out_dir = opt["--output"];
-    MOE_CHECK(!fs::exists(out_dir),
-              "output '" << out_dir.string() << "' already exists; remove it or pick another");
-
-    const HfCheckpoint ckpt(opt["--model"]);
-    MOE_CHECK(ckpt.config().value("model_type", std::string()) == "llama",
-              "'" << opt["--model"] << "/config.json' is not a LLaMA model (model_type '"
-                  << ckpt.config().value("model_type", std::string()) << "')");
-    const LlamaConfig cfg = LlamaConfig::from_json(ckpt.config());
-    const Index dh = cfg.intermediate, d = cfg.hidden;
-    if (method == "clustering" || method == "coactivation")
-      MOE_CHECK(dh % n == 0,
-                "method " << method << " makes equal experts: N=" << n << " must divide d_h=" << dh);
-    MOE_CHECK(dh >= n, "cannot split d_h=" << dh << " neurons into N=" << n << " experts");
-    const int residual_r =
-        opt.count("--residual") ? static_cast<int>(parse_int("--residual", opt["--residual"])) : 1;
-    Index expert_size = 0;
-    if (method == "sharing-inner") expert_size = dh / n;
-    if (method == "sharing-inter") expert_size = dh / (n + residual_r);
-    if (opt.count("--expert-size")) expert_size = parse_int("--expert-size", opt["--expert-size"]);
-    if (method == "sharing-inner")
-      MOE_CHECK(expert_size >= 1 && expert_size <= dh, "--expert-size must be in [1, d_h=" << dh << "]");
-    if (method == "sharing-inter") {
-      MOE_CHECK(residual_r >= 1, "--residual must be at least 1");
-      MOE_CHECK(expert_size >= 1 && residual_r * expert_size + n <= dh,
-                "--residual " << residual_r << " x --expert-size " << expert_size << " leaves fewer than N="
-                              << n << " of d_h=" << dh << " neurons for the routed experts");
-    }
-    const bool needs_calib = uses_importance || method == "coactivation" || router == "fit";
-    MOE_CHECK(!needs_calib || opt.count("--calib"),
-              "--calib is needed by method " << method << (router == "fit" ? " / --router fit" : ""));
-    MOE_CHECK(!uses_importance || opt.count("--importance"), "--importance is needed by method " << method);
-    MOE_CHECK(opt.count("--scale") == 0 || opt["--scale"] != "auto" || opt.count("--calib"),
-              "--scale auto needs --calib");
-    std::unique_ptr<SafeTensorsFile> importance_file;
-    if (opt.count("--importance")) importance_file = std::make_unique<SafeTensorsFile>(opt["--importance"]);
-    for (int i = 0; i < cfg.layers; ++i)
-      for (const char* p : {"gate_proj", "up_proj", "down_proj"})
-        (void)ckpt.info(detail::llama_mlp_name(i, p));
-
-    Calibration calib;
-    if (opt.count("--calib")) calib = calibration_inputs(ckpt, cfg, opt["--calib"], max_tokens);
-    const bool have_calib = !calib.empty();
-
-    // Build every layer.
-    SafeTensorsWriter writer;
-    std::vector<std::vector<Index>> sizes, residual_sizes;
-    nlohmann::json partition_json = nlohmann::json::array();
-    std::vector<LayerReport> reports(static_cast<std::size_t>(cfg.layers));
-    std::vector<MoELayer<float>> layers;
-    std::vector<FfnWeights<float>> dense_layers;
-    const Progress bar("building experts", cfg.layers);
-    for (int i = 0; i < cfg.layers; ++i) {
-      bar.step(i, "layer " + std::to_string(i) + ": " + method);
-      const FfnWeights<float> dense = llama_ffn_weights(ckpt, i);
-      RowMatrix<float> x_fit, h_fit;
-      if (have_calib) {
-        x_fit = calib.fit(i);
-        h_fit = ffn_hidden(dense, x_fit);
-      }
-      std::vector<int> cluster;  // data clusters of the fit tokens (importance methods)
-      if (uses_importance) {
-        RowMatrix<double> xn = x_fit.cast<double>();
-        for (Index t = 0; t < xn.rows(); ++t)
-          if (xn.row(t).norm() > 0) xn.row(t).normalize();
-        cluster = kmeans(xn, n, seed).labels;
-      }
-      Eigen::MatrixXd imp;
-      if (uses_importance) imp = layer_importance(*importance_file, i, n, dh, h_fit, cluster);
-
-      std::unique_ptr<ExpertPartition> routed, residual;
-      LayerReport& rep = reports[static_cast<std::size_t>(i)];
-      if (method == "random") {
-        routed = std::make_unique<ExpertPartition>(
-            ExpertPartition::independent_random(dh, n, seed + static_cast<std::uint64_t>(i)));
-      } else if (method == "clustering") {
-        ConstructedPartition c = independent_clustering<float>(dense.up, n, seed);
-        rep.partition_objective = c.objective;
-        routed = std::make_unique<ExpertPartition>(std::move(c.partition));
-      } else if (method == "coactivation") {
-        ConstructedPartition c = coactivation_partition<float>(h_fit, n, seed);
-        rep.partition_objective = c.objective;
-        routed = std::make_unique<ExpertPartition>(std::move(c.partition));
-      } else if (method == "sharing-inner") {
-        routed = std::make_unique<ExpertPartition>(sharing_inner(imp, expert_size));
-      } else if (method == "gradient") {
-        routed = std::make_unique<ExpertPartition>(gradient_partition(imp));
-      } else {
-        ResidualPartition rp = sharing_inter(imp, residual_r, expert_size);
-        routed = std::make_unique<ExpertPartition>(std::move(rp.routed));
-        residual = std::make_unique<ExpertPartition>(std::move(rp.residual));
-      }
-
-      RouterGate<float> gate;
-      if (router == "random")
-        gate = random_router(d, n, seed + 1000003ULL * static_cast<std::uint64_t>(i + 1));
-      if (router == "centroid") gate = RouterGate<float>(centroid_router<float>(dense.up, *routed));
-      if (router == "fit")
-        gate = RouterGate<float>(fit_router<float>(x_fit, expert_activation_mass<float>(h_fit, *routed)));
-      if (router != "random") gate.noise = ColMatrix<float>::Zero(d, n);
-
-      std::vector<Index> s;
-      for (int e = 0; e < n; ++e) s.push_back(routed->expert_size(e));
-      sizes.push_back(s);
-      nlohmann::json pj = {{"layer", i}, {"experts", nlohmann::json::array()}};
-      for (int e = 0; e < n; ++e) pj["experts"].push_back(routed->expert(e));
-      if (residual) {
-        std::vector<Index> rs;
-        pj["residual"] = nlohmann::json::array();
-        for (int r = 0; r < residual->num_experts(); ++r) {
-          rs.push_back(residual->expert_size(r));
-          pj["residual"].push_back(residual->expert(r));
-        }
-        residual_sizes.push_back(rs);
-      }
-      partition_json.push_back(pj);
-      add_llama_moe_experts(writer, ckpt, i, *routed, residual.get());
-      add_llama_moe_gate(writer, i, gate, residual != nullptr);
-
-      MoELayer<float> layer(slice_experts<float>(dense.view(), *routed), gate,
-                            presets::llama_moe_gate(k, 1.0));
-      if (residual) layer.set_shared_experts(slice_experts<float>(dense.view(), *residual));
-      layers.push_back(std::move(layer));
-      dense_layers.push_back(dense);
-    }
-    bar.step(cfg.layers, "done");
-
-    // The output scale, then the measurements on the held-out quarter of the calibration tokens.
-    double scale = static_cast<double>(n) / k;
-    if (opt.count("--scale") && opt["--scale"] != "auto") {
-      char* end = nullptr;
-      scale = std::strtod(opt["--scale"].c_str(), &end);
-      MOE_CHECK(*end == '\0' && std::isfinite(scale) && scale > 0,
-                "--scale must be a positive number or auto");
-    }
-    auto routed_and_dense = [&](int i, bool fit_part, RowMatrix<float>& routed_y, RowMatrix<float>& shared_y,
-                                RowMatrix<float>& dense_y, RoutingRecord<float>* rec) {
-      const RowMatrix<float> xs = fit_part ? calib.fit(i) : calib.eval(i);
-      const MoELayer<float>& l = layers[static_cast<std::size_t>(i)];
-      MoEWorkspace<float> ws;
-      RowMatrix<float> y(xs.rows(), d);
-      l.forward(xs, y, ws, nullptr, rec);  // scale 1: y = Σ w·E + residual
-      shared_y = RowMatrix<float>::Zero(xs.rows(), d);
-      if (!l.shared_experts().empty())
-        for (const auto& e : l.shared_experts()) shared_y += ffn_hidden(e, xs) * e.down;
-      routed_y = y - shared_y;
-      dense_y = ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xs) *
-                dense_layers[static_cast<std::size_t>(i)].down;
-    };
-    if (have_calib && opt.count("--scale") && opt["--scale"] == "auto") {
-      double num = 0, den = 0;  // min_s Σ_layers ||s·routed + shared − dense||²
-      for (int i = 0; i < cfg.layers; ++i) {
-        RowMatrix<float> r, sh, dn;
-        routed_and_dense(i, true, r, sh, dn, nullptr);
-        num += static_cast<double>((dn - sh).cwiseProduct(r).sum());
-        den += static_cast<double>(r.squaredNorm());
-      }
-      MOE_CHECK(den > 0 && num > 0,
-                "--scale auto: the routed output is zero or anti-correlated with the dense one");
-      scale = num / den;
-    }
-    if (have_calib) {
-      for (int i = 0; i < cfg.layers; ++i) {
-        RowMatrix<float> r, sh, dn;
-        RoutingRecord<float> rec;
-        routed_and_dense(i, false, r, sh, dn, &rec);
-        LayerReport& rep = reports[static_cast<std::size_t>(i)];
-        rep.rel_error = static_cast<double>((static_cast<float>(scale) * r + sh - dn).norm() / dn.norm());
-        const RowMatrix<float> xe = calib.eval(i);
-        RowMatrix<float> logits(xe.rows(), n);
-        GateScratch<float> gs;
-        gate_logits<float>(layers[static_cast<std::size_t>(i)].router(), RouterOptions{}, xe, logits, gs);
-        const ExpertPartition routed_part(dh, partition_json[static_cast<std::size_t>(i)]["experts"]
-                                                  .get<std::vector<std::vector<std::int32_t>>>());
-        const RowMatrix<double> mass = expert_activation_mass<float>(
-            ffn_hidden(dense_layers[static_cast<std::size_t>(i)], xe), routed_part);
-        rep.recall = oracle_top_k_recall(logits, mass, k);
-        // The oracle: each token's k experts with the most activation mass, weight 1 each, no
-        // scale — the error a perfect router would leave with this partition.
-        IdMatrix ids(xe.rows(), k);
-        std::vector<double> scratch(static_cast<std::size_t>(k));
-        for (Index t = 0; t < xe.rows(); ++t) {
-          const Eigen::RowVectorXd m = mass.row(t);
-          top_k(m.data(), n, k, ids.row(t).data(), scratch.data());
-        }
-        MoEWorkspace<float> ws;
-        RowMatrix<float> y_oracle(xe.rows(), d);
-        layers[static_cast<std::size_t>(i)].forward_routed(xe, ids, RowMatrix<float>::Ones(xe.rows(), k),
-                                                           y_oracle, ws);
-        rep.oracle_error = static_cast<double>((y_oracle - dn).norm() / dn.norm());
-        for (const Index c : rec.tokens_per_expert)
-          rep.load.push_back(static_cast<double>(c) / static_cast<double>(xe.rows() * k));
-      }
-    }
-
-    // Print the report.
-    std::printf(
-        "moe_convert: %s -> %s: %d layers, d=%lld, d_h=%lld, N=%d, k=%d, method %s, router %s, scale %.4g\n",
-        opt["--model"].c_str(), out_dir.string().c_str(), cfg.layers, static_cast<long long>(d),
-        static_cast<long long>(dh), n, k, method.c_str(), router.c_str(), scale);
-    if (!have_calib) std::printf("  (no --calib: FFN error, oracle recall and load not measured)\n");
-    if (have_calib)
-      std::printf("  measured on %lld held-out calibration tokens per layer\n",
-                  static_cast<long long>(calib.eval_rows()));
-    for (int i = 0; i < cfg.layers; ++i) {
-      const LayerReport& rep = reports[static_cast<std::size_t>(i)];
-      std::printf("  layer %d:", i);
-      if (method == "clustering") std::printf(" k-means objective %.4g", rep.partition_objective);
-      if (method == "coactivation") std::printf(" cut weight %.4f", rep.partition_objective);
-      if (have_calib) {
-        std::printf(" ffn rel.err %.4f (oracle routing %.4f)  oracle recall %.4f  load", rep.rel_error,
-                    rep.oracle_error, rep.recall);
-        for (const double l : rep.load) std::printf(" %.3f", l);
-      }
-      std::printf("\n");
-    }
-
-    // Copy every other tensor unchanged, then write the directory under a temporary name.
-    for (const std::string& name : ckpt.names()) {
-      if (name.find(".mlp.") != std::string::npos) continue;
-      const TensorInfo& t = ckpt.info(name);
-      writer.add_bytes(name, t.dtype, t.shape, ckpt.file_of(name).bytes(name), t.end - t.begin);
-    }
-    const fs::path tmp = out_dir.string() + ".tmp." + std::to_string(::getpid());
+    write_files(tmp, opt, s, c, ckpt, scale);
+    if (!calib.eval_windows.empty()) print_model_loss(ckpt, tmp, calib);
+    fs::rename(tmp, out_dir);
+  } catch (...) {
     fs::remove_all(tmp);
-    fs::create_directories(tmp);
-    try {
-      writer.set_metadata("format", "pt");
-      writer.write((tmp / "model.safetensors").string());
-      const nlohmann::json config = llama_moe_config(ckpt.config(), k, sizes, residual_sizes,
-                                                     router == "random" ? "mlp" : "linear", scale);
-      std::ofstream(tmp / "config.json") << config.dump(2) << "\n";
-      nlohmann::json pjson = {{"method", method},        {"seed", seed},
-                              {"num_experts", n},        {"top_k", k},
-                              {"router", router},        {"score_scale_factor", scale},
-                              {"layers", partition_json}};
-      if (method == "sharing-inter") pjson["num_experts_residual"] = residual_r;
-      std::ofstream pf(tmp / "partition.json");
-      pf << pjson.dump() << "\n";
-      MOE_CHECK(pf.good(), "cannot write '" << (tmp / "partition.json").string() << "'");
-      pf.close();
-      for (const char* extra : {"generation_config.json"})
-        if (fs::exists(fs::path(opt["--model"]) / extra))
-          fs::copy_file(fs::path(opt["--model"]) / extra, tmp / extra);
-      if (!calib.eval_windows.empty()) {
-        // The written checkpoint, read back as a whole model: next-byte loss on the held-out
-        // windows, dense vs MoE (bits/byte = nats / ln 2).
-        const LlamaModel dense_model(ckpt), moe_model{HfCheckpoint(tmp.string())};
-        double dense_loss = 0, moe_loss = 0;
-        for (const auto& ids : calib.eval_windows) {
-          dense_loss += next_token_loss(dense_model.forward(ids), ids);
-          moe_loss += next_token_loss(moe_model.forward(ids), ids);
-        }
-        const double w = static_cast<double>(calib.eval_windows.size()) * std::log(2.0);
-        std::printf(
-            "  next-byte loss on %zu held-out windows of 256: dense %.4f bits/byte, MoE %.4f bits/byte\n",
-            calib.eval_windows.size(), dense_loss / w, moe_loss / w);
-      }
-      fs::rename(tmp, out_dir);
-    } catch (...) {
-      fs::remove_all(tmp);
-      throw;
-    }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("  wrote %s (config.json, model.safetensors, partition.json) in %.1f s\n",
-                out_dir.string().c_str(), secs);
+    throw;
+  }
+}
+
+/// The conversion, step by step.
+void convert(const Options& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const fs::path out_dir = opt["--output"];
+  MOE_CHECK(!fs::exists(out_dir),
+            "output '" << out_dir.string() << "' already exists; remove it or pick another");
+  const HfCheckpoint ckpt = open_dense_model(opt);
+  const LlamaConfig cfg = LlamaConfig::from_json(ckpt.config());
+  const Settings s = check_settings(opt, cfg);
+  std::unique_ptr<SafeTensorsFile> importance_file;
+  if (opt.has("--importance")) importance_file = std::make_unique<SafeTensorsFile>(opt["--importance"]);
+  Calibration calib;
+  if (opt.has("--calib")) calib = calibration_inputs(ckpt, cfg, opt["--calib"], s.max_tokens);
+
+  Converted c = build_layers(ckpt, s, calib, importance_file.get());
+  const double scale = output_scale(opt, s, c, calib);
+  if (!calib.empty())
+    for (int i = 0; i < s.layers; ++i) measure_layer(c, calib, s, i, scale);
+  print_report(opt, s, c, calib, scale);
+  write_checkpoint(opt, s, c, ckpt, calib, scale);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  wrote %s (config.json, model.safetensors, partition.json) in %.1f s\n",
+              out_dir.string().c_str(), secs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options opt = parse_options(argc, argv);
+    if (opt.help)
+      std::fputs(kUsage, stdout);
+    else
+      convert(opt);
     return 0;
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "moe_convert: %s\n%s", e.what(), kUsage);
+    return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moe_convert: %s\n", e.what());
     return 1;
