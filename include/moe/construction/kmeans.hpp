@@ -84,6 +84,49 @@ inline void update_centroids(const ConstRowRef<double>& points, const std::vecto
       centroids.row(j) /= static_cast<double>(count[static_cast<std::size_t>(j)]);
 }
 
+/// For balanced_assignment: move(a, b), the cheapest move of one member q of cluster a into
+/// cluster b, cost(q, b) − cost(q, a) (+inf if a has no members), and move_point(a, b), that q.
+inline void cheapest_moves(const RowMatrix<double>& cost, const std::vector<std::vector<Index>>& members,
+                           RowMatrix<double>& move, IdMatrix& move_point) {
+  const auto k = static_cast<int>(cost.cols());
+  move.setConstant(std::numeric_limits<double>::infinity());
+  for (int a = 0; a < k; ++a)
+    for (const Index q : members[static_cast<std::size_t>(a)])
+      for (int b = 0; b < k; ++b) {
+        const double c = cost(q, b) - cost(q, a);
+        if (b != a && c < move(a, b)) {
+          move(a, b) = c;
+          move_point(a, b) = static_cast<std::int32_t>(q);
+        }
+      }
+}
+
+/// For balanced_assignment: Bellman–Ford over the k clusters from point p: dist[j], the cheapest
+/// way to place p into cluster j directly or by a chain of moves; pred[j], the cluster the
+/// chain's last move came from (-1: p itself goes to j).
+inline void shortest_placements(const RowMatrix<double>& cost, Index p, const RowMatrix<double>& move,
+                                std::vector<double>& dist, std::vector<int>& pred) {
+  const auto k = static_cast<int>(cost.cols());
+  for (int j = 0; j < k; ++j) {
+    dist[static_cast<std::size_t>(j)] = cost(p, j);
+    pred[static_cast<std::size_t>(j)] = -1;
+  }
+  for (int round = 0; round < k; ++round) {
+    bool changed = false;
+    for (int a = 0; a < k; ++a)
+      for (int b = 0; b < k; ++b) {
+        const double via = dist[static_cast<std::size_t>(a)] + move(a, b);
+        // The slack keeps rounding from creating a zero-cost cycle of moves.
+        if (via < dist[static_cast<std::size_t>(b)] - 1e-12 * (1 + std::abs(via))) {
+          dist[static_cast<std::size_t>(b)] = via;
+          pred[static_cast<std::size_t>(b)] = a;
+          changed = true;
+        }
+      }
+    if (!changed) break;
+  }
+}
+
 /// Minimum-cost assignment of n points to k clusters with exactly capacity[j] points each
 /// (Σ capacity = n): successive shortest paths, one point at a time, as in the Hungarian method.
 /// The residual graph collapses onto the k clusters: moving an assigned point q from cluster a
@@ -97,48 +140,21 @@ inline std::vector<int> balanced_assignment(const RowMatrix<double>& cost,
   std::vector<int> label(static_cast<std::size_t>(n), -1);
   std::vector<Index> size(static_cast<std::size_t>(k), 0);
   std::vector<std::vector<Index>> members(static_cast<std::size_t>(k));
-  RowMatrix<double> move(k, k);  // cheapest move of one member of a into b
+  RowMatrix<double> move(k, k);
   IdMatrix move_point(k, k);
   std::vector<double> dist(static_cast<std::size_t>(k));
   std::vector<int> pred(static_cast<std::size_t>(k));
-  constexpr double kInf = std::numeric_limits<double>::infinity();
   for (Index p = 0; p < n; ++p) {
-    move.setConstant(kInf);
-    for (int a = 0; a < k; ++a)
-      for (const Index q : members[static_cast<std::size_t>(a)])
-        for (int b = 0; b < k; ++b) {
-          const double c = cost(q, b) - cost(q, a);
-          if (b != a && c < move(a, b)) {
-            move(a, b) = c;
-            move_point(a, b) = static_cast<std::int32_t>(q);
-          }
-        }
-    for (int j = 0; j < k; ++j) {
-      dist[static_cast<std::size_t>(j)] = cost(p, j);
-      pred[static_cast<std::size_t>(j)] = -1;
-    }
-    for (int round = 0; round < k; ++round) {
-      bool changed = false;
-      for (int a = 0; a < k; ++a)
-        for (int b = 0; b < k; ++b) {
-          const double via = dist[static_cast<std::size_t>(a)] + move(a, b);
-          // The slack keeps rounding from creating a zero-cost cycle of moves.
-          if (via < dist[static_cast<std::size_t>(b)] - 1e-12 * (1 + std::abs(via))) {
-            dist[static_cast<std::size_t>(b)] = via;
-            pred[static_cast<std::size_t>(b)] = a;
-            changed = true;
-          }
-        }
-      if (!changed) break;
-    }
-    int target = -1;
+    cheapest_moves(cost, members, move, move_point);
+    shortest_placements(cost, p, move, dist, pred);
+    int target = -1;  // the cheapest cluster with room
     for (int j = 0; j < k; ++j)
       if (size[static_cast<std::size_t>(j)] < capacity[static_cast<std::size_t>(j)] &&
           (target < 0 || dist[static_cast<std::size_t>(j)] < dist[static_cast<std::size_t>(target)]))
         target = j;
     MOE_CHECK(target >= 0, "balanced_assignment: capacities sum to less than the " << n << " points");
     ++size[static_cast<std::size_t>(target)];
-    int j = target;
+    int j = target;  // apply the chain of moves back to p's own cluster
     for (int steps = 0; pred[static_cast<std::size_t>(j)] >= 0; ++steps) {
       MOE_CHECK(steps < k, "balanced_assignment: internal error (cycle of moves)");
       const int a = pred[static_cast<std::size_t>(j)];

@@ -271,85 +271,25 @@ class DeviceMoELayer {
     MOE_CHECK(tokens == 0 || (x && y && x != y), "CUDA MoE layer: x and y must be distinct device pointers");
     last_tokens_ = tokens;
     if (tokens == 0) return;
-    const long long t = tokens, pairs = t * k_, d = d_;
+    const long long t = tokens, pairs = t * k_;
     // At most pairs / (few_rows_ + 1) experts have more than few_rows_ rows (the tile path); by
     // default none at decode (T = 1..8 at k = 2), where the tile kernels are not launched at all.
     const long long tile_experts = std::min<long long>(n_, pairs / (few_rows_ + 1));
     const bool pipelined = pipelined_tiles() && tile_experts > 0;
-    const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
-    const bool vec_route = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-    // Below kRouteTokens tokens, a block per token: T blocks at once, each with all its loads in
-    // flight (route_tokens).
-    using kernels::kRouteTokens;
-    const bool one_token = t < kRouteTokens;
-    const auto route =
-        vec_route
-            ? (one_token ? kernels::route_tokens<DW, true, 1> : kernels::route_tokens<DW, true, kRouteTokens>)
-            : (one_token ? kernels::route_tokens<DW, false, 1>
-                         : kernels::route_tokens<DW, false, kRouteTokens>);
-    launch(route, static_cast<unsigned>(one_token ? t : (t + kRouteTokens - 1) / kRouteTokens),
-           kernels::kRouteThreads, stream, x, t, router_.data(), d, n_, k_, opt_, logits_.data(), ids_.data(),
-           weights_.data(), pipelined ? x_rounded_.data() : nullptr);
+    launch_router(x, t, pipelined, stream);
     launch_next(kernels::group_by_expert, 1, kernels::kGroupThreads, 0, stream, ids_.data(), pairs, k_, n_,
-                tile_rows, few_rows_, counts_.data(), offsets_.data(), tile_offsets_.data(),
-                few_experts_.data(), num_few_.data(), sorted_pair_.data(), row_of_.data(), bad_token_.data());
+                pipelined ? kPipeTileRows : kTileRows, few_rows_, counts_.data(), offsets_.data(),
+                tile_offsets_.data(), few_experts_.data(), num_few_.data(), sorted_pair_.data(),
+                row_of_.data(), bad_token_.data());
     const kernels::DeviceExperts<DW> ex{
-        gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d};
-    // Experts with 1..few_rows_ rows: matrix-vector products (launch_few).
-    const bool vec_x = d % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-    if (few_rows_ > 0) {
-      // A token routes to an expert at most once, so an expert here has at most min(T, few_rows_)
-      // rows: the kernels' register arrays are sized to that (at T = 1, one row).
-      const long long rows = std::min<long long>(t, few_rows_);
-      if (rows <= 1)
-        launch_few<1>(x, vec_x, ex, pairs, stream);
-      else if (rows <= 4)
-        launch_few<4>(x, vec_x, ex, pairs, stream);
-      else
-        launch_few<kFewRows>(x, vec_x, ex, pairs, stream);
-    }
-    // The other experts: row tiles (expert_mma_pipelined.cuh or expert_mma.cuh for bf16/fp16,
-    // expert_gemm.cuh for float), at most pairs / tile_rows of them plus one partial tile per expert.
-    if (tile_experts > 0) {
-      const auto row_tiles = static_cast<unsigned>((pairs + tile_rows - 1) / tile_rows + tile_experts);
-      const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
-      const dim3 down_grid(row_tiles, static_cast<unsigned>((d + kTileCols - 1) / kTileCols));
-      if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores
-        if (pipelined) {  // x rounded by route_tokens; h written rounded, in h_rounded_
-          using kernels::pipe::kCols;
-          const dim3 grid(row_tiles, static_cast<unsigned>((max_hidden_ + kCols / 2 - 1) / (kCols / 2)));
-          const dim3 down_tiles(row_tiles, static_cast<unsigned>((d + kCols - 1) / kCols));
-          const bool wgmma = tiles_ == TileKernels::kWgmma;
-          const int shared = wgmma ? kernels::kWgmmaSharedBytes : kernels::kPipeSharedBytes;
-          launch_next(
-              wgmma ? kernels::expert_hidden_swiglu_wgmma<DW> : kernels::expert_hidden_swiglu_pipelined<DW>,
-              grid, kPipeThreads, shared, stream, x_rounded_.data(), sorted_pair_.data(), k_, ex,
-              offsets_.data(), tile_offsets_.data(), h_rounded_.data(), ldh_);
-          launch_next(wgmma ? kernels::expert_down_wgmma<DW> : kernels::expert_down_pipelined<DW>, down_tiles,
-                      kPipeThreads, shared, stream, h_rounded_.data(), ldh_, ex, offsets_.data(),
-                      tile_offsets_.data(), y_rows_.data());
-        } else {
-          // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
-          // vec_hidden_: every m_e).
-          launch_next(vec_x ? kernels::expert_hidden_swiglu_mma<DW, true>
-                            : kernels::expert_hidden_swiglu_mma<DW, false>,
-                      hidden_grid, kMmaThreads, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
-                      tile_offsets_.data(), h_.data(), ldh_);
-          launch_next(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
-                      down_grid, kMmaThreads, 0, stream, h_.data(), ldh_, ex, offsets_.data(),
-                      tile_offsets_.data(), y_rows_.data());
-        }
-      } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
-        launch_next(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, 0, stream, x,
-                    sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
-        launch_next(kernels::expert_down<DW>, down_grid, kGemmThreads, 0, stream, h_.data(), ldh_, ex,
-                    offsets_.data(), tile_offsets_.data(), y_rows_.data());
-      }
-    }
-    const bool vec_y = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(y) % 16 == 0;
+        gate_.data(), up_.data(), down_.data(), weight_offset_.data(), hidden_.data(), n_, d_};
+    const bool vec_x = d_ % kernels::kVector<DW> == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+    if (few_rows_ > 0) launch_few_rows(x, vec_x, ex, t, pairs, stream);
+    if (tile_experts > 0) launch_tiles(x, vec_x, ex, pairs, tile_experts, pipelined, stream);
+    const bool vec_y = d_ % 4 == 0 && reinterpret_cast<std::uintptr_t>(y) % 16 == 0;
     launch_next(vec_y ? kernels::combine<true> : kernels::combine<false>, static_cast<unsigned>(t),
-                kernels::kCombineThreads, 0, stream, y_rows_.data(), d, ids_.data(), weights_.data(),
-                row_of_.data(), k_, scale_, y);
+                kernels::kCombineThreads, 0, stream, y_rows_.data(), static_cast<long long>(d_), ids_.data(),
+                weights_.data(), row_of_.data(), k_, scale_, y);
   }
 
   /// The host convenience: copies x in, runs forward, copies y out, synchronises, and throws
@@ -434,6 +374,90 @@ class DeviceMoELayer {
       launch_overlapping(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
     else
       launch_with_shared(kernel, grid, block, shared_bytes, stream, std::forward<Args>(args)...);
+  }
+
+  /// forward's first kernel: the router's logits, top-k and weights (and, for the pipelined
+  /// tiles, x rounded to the weights' type). Below kRouteTokens tokens, a block per token: T blocks
+  /// at once, each with all its loads in flight (route_tokens).
+  void launch_router(const float* x, long long t, bool pipelined, cudaStream_t stream) {
+    using kernels::kRouteTokens;
+    const bool vec_route = d_ % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+    const bool one_token = t < kRouteTokens;
+    const auto route =
+        vec_route
+            ? (one_token ? kernels::route_tokens<DW, true, 1> : kernels::route_tokens<DW, true, kRouteTokens>)
+            : (one_token ? kernels::route_tokens<DW, false, 1>
+                         : kernels::route_tokens<DW, false, kRouteTokens>);
+    launch(route, static_cast<unsigned>(one_token ? t : (t + kRouteTokens - 1) / kRouteTokens),
+           kernels::kRouteThreads, stream, x, t, router_.data(), static_cast<long long>(d_), n_, k_, opt_,
+           logits_.data(), ids_.data(), weights_.data(), pipelined ? x_rounded_.data() : nullptr);
+  }
+
+  /// Experts with 1..few_rows_ rows: matrix-vector products (launch_few). A token routes to an
+  /// expert at most once, so such an expert has at most min(T, few_rows_) rows: the kernels'
+  /// register arrays are sized to that (at T = 1, one row).
+  void launch_few_rows(const float* x, bool vec_x, const kernels::DeviceExperts<DW>& ex, long long t,
+                       long long pairs, cudaStream_t stream) {
+    const long long rows = std::min<long long>(t, few_rows_);
+    if (rows <= 1)
+      launch_few<1>(x, vec_x, ex, pairs, stream);
+    else if (rows <= 4)
+      launch_few<4>(x, vec_x, ex, pairs, stream);
+    else
+      launch_few<kFewRows>(x, vec_x, ex, pairs, stream);
+  }
+
+  /// The other experts: row tiles (expert_mma_pipelined.cuh, expert_mma_wgmma.cuh or
+  /// expert_mma.cuh for bf16/fp16, expert_gemm.cuh for float), at most pairs / tile_rows of them
+  /// plus one partial tile per expert.
+  void launch_tiles(const float* x, bool vec_x, const kernels::DeviceExperts<DW>& ex, long long pairs,
+                    long long tile_experts, bool pipelined, cudaStream_t stream) {
+    const int tile_rows = pipelined ? kPipeTileRows : kTileRows;
+    const auto row_tiles = static_cast<unsigned>((pairs + tile_rows - 1) / tile_rows + tile_experts);
+    if constexpr (!std::is_same_v<DW, float>) {
+      if (pipelined) return launch_pipelined_tiles(row_tiles, ex, stream);
+    }
+    const dim3 hidden_grid(row_tiles, static_cast<unsigned>((max_hidden_ + kTileCols - 1) / kTileCols));
+    const dim3 down_grid(row_tiles, static_cast<unsigned>((d_ + kTileCols - 1) / kTileCols));
+    if constexpr (!std::is_same_v<DW, float>) {  // bf16 / fp16: tensor cores, 64-row tiles
+      // 16-byte loads where every row and weight column allows them (vec_x: d a multiple of 8;
+      // vec_hidden_: every m_e).
+      launch_next(
+          vec_x ? kernels::expert_hidden_swiglu_mma<DW, true> : kernels::expert_hidden_swiglu_mma<DW, false>,
+          hidden_grid, kMmaThreads, 0, stream, x, sorted_pair_.data(), k_, ex, offsets_.data(),
+          tile_offsets_.data(), h_.data(), ldh_);
+      launch_next(vec_hidden_ ? kernels::expert_down_mma<DW, true> : kernels::expert_down_mma<DW, false>,
+                  down_grid, kMmaThreads, 0, stream, h_.data(), ldh_, ex, offsets_.data(),
+                  tile_offsets_.data(), y_rows_.data());
+    } else {  // float: CUDA cores, float activations (expert_gemm.cuh)
+      static_cast<void>(vec_x);
+      launch_next(kernels::expert_hidden_swiglu<DW>, hidden_grid, kGemmThreads, 0, stream, x,
+                  sorted_pair_.data(), k_, ex, offsets_.data(), tile_offsets_.data(), h_.data(), ldh_);
+      launch_next(kernels::expert_down<DW>, down_grid, kGemmThreads, 0, stream, h_.data(), ldh_, ex,
+                  offsets_.data(), tile_offsets_.data(), y_rows_.data());
+    }
+  }
+
+  /// The 128-row tiles on x rounded by the router, writing h rounded into h_rounded_: WMMA
+  /// (expert_mma_pipelined.cuh), or wgmma with TileKernels::kWgmma. (An explicit instantiation of
+  /// the float layer compiles this function too: the if constexpr keeps the 16-bit kernels out.)
+  void launch_pipelined_tiles(unsigned row_tiles, const kernels::DeviceExperts<DW>& ex, cudaStream_t stream) {
+    if constexpr (!std::is_same_v<DW, float>) {  // 16-bit weights only
+      using kernels::pipe::kCols;
+      const dim3 grid(row_tiles, static_cast<unsigned>((max_hidden_ + kCols / 2 - 1) / (kCols / 2)));
+      const dim3 down_tiles(row_tiles, static_cast<unsigned>((d_ + kCols - 1) / kCols));
+      const bool wgmma = tiles_ == TileKernels::kWgmma;
+      const int shared = wgmma ? kernels::kWgmmaSharedBytes : kernels::kPipeSharedBytes;
+      launch_next(
+          wgmma ? kernels::expert_hidden_swiglu_wgmma<DW> : kernels::expert_hidden_swiglu_pipelined<DW>, grid,
+          kPipeThreads, shared, stream, x_rounded_.data(), sorted_pair_.data(), k_, ex, offsets_.data(),
+          tile_offsets_.data(), h_rounded_.data(), ldh_);
+      launch_next(wgmma ? kernels::expert_down_wgmma<DW> : kernels::expert_down_pipelined<DW>, down_tiles,
+                  kPipeThreads, shared, stream, h_rounded_.data(), ldh_, ex, offsets_.data(),
+                  tile_offsets_.data(), y_rows_.data());
+    } else {
+      static_cast<void>(row_tiles), static_cast<void>(ex), static_cast<void>(stream);
+    }
   }
 
   /// The matrix-vector kernels of forward (expert_gemv.cuh) for experts of at most kRows rows. At

@@ -304,6 +304,7 @@ inline void hf_llama4_shared(const HfConfig&, const HfTensors& t, Index d, Index
 }
 
 /// The families load_hf_moe_block reads, a row each (fields in HfMoeFamily's order).
+// NOLINTNEXTLINE(readability-function-size): a table, one row per family
 inline const std::vector<HfMoeFamily>& hf_moe_family_table() {
   using E = HfExperts;
   const char* const hs = "hidden_size";

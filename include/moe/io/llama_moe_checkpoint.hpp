@@ -180,21 +180,15 @@ inline nlohmann::json llama_moe_config(nlohmann::json dense, int top_k,
   return dense;
 }
 
-/// Layer `layer` of a LLaMA-MoE checkpoint (llama_moe or llama_moe_residual, as written above or
-/// by LLaMA-MoE's converters) as an owning MoELayer: experts of size_experts[layer], the MLP or
-/// linear gate, top-k of the logits with a softmax over the k (gate_use_softmax), output ×
-/// score_scale_factor, residual experts added unscaled. Settings this layer cannot reproduce
-/// (another gate or calculator type, no softmax, unweighted scores, a residual scale other than 1)
-/// throw moe::Error naming the key.
-inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer) {
-  const detail::HfConfig cfg(ckpt.config(), "llama_moe");
+namespace detail {
+
+/// Checks what load_llama_moe_layer cannot reproduce and returns whether the model has residual
+/// experts (llama_moe_residual).
+inline bool check_llama_moe_config(const HfConfig& cfg) {
   const std::string type = cfg.string_or("model_type", "");
   MOE_CHECK(type == "llama_moe" || type == "llama_moe_residual",
             "config.json: model_type '" << type << "' is not llama_moe or llama_moe_residual");
   const bool residual = type == "llama_moe_residual";
-  const int n = cfg.integer("num_experts"), k = cfg.integer("num_selects"), d = cfg.integer("hidden_size");
-  const int layers = cfg.integer("num_hidden_layers");
-  MOE_CHECK(layer >= 0 && layer < layers, "LLaMA-MoE: layer " << layer << " outside [0, " << layers << ")");
   MOE_CHECK(cfg.string_or("gate_type", "TopKBalancedNoisyGate") == "TopKBalancedNoisyGate",
             "config.json (llama_moe): gate_type '" << cfg.string_or("gate_type", "") << "' is not supported");
   MOE_CHECK(cfg.string_or("calculator_type", "UniversalCalculator") == "UniversalCalculator",
@@ -205,57 +199,92 @@ inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer)
       "config.json (llama_moe): gate_use_softmax = false or multiply_gate_scores = false is not supported");
   MOE_CHECK(!residual || cfg.number_or("score_scale_factor_residual", 1.0) == 1.0,
             "config.json (llama_moe): score_scale_factor_residual other than 1 is not supported");
-  auto sizes_of = [&](const char* key, int count) {
-    MOE_CHECK(cfg.has(key) && cfg.json().at(key).is_array() &&
-                  cfg.json().at(key).size() == static_cast<std::size_t>(layers),
-              "config.json (llama_moe): '" << key << "' must list one array of sizes per layer");
-    const nlohmann::json& row = cfg.json().at(key).at(static_cast<std::size_t>(layer));
-    MOE_CHECK(row.is_array() && row.size() == static_cast<std::size_t>(count),
-              "config.json (llama_moe): " << key << "[" << layer << "] must list " << count << " sizes");
-    std::vector<Index> s;
-    for (const auto& v : row) {
-      MOE_CHECK(v.is_number_integer() && v.get<std::int64_t>() > 0,
-                "config.json (llama_moe): " << key << "[" << layer
-                                            << "] holds a size that is not a positive integer");
-      s.push_back(v.get<Index>());
-    }
-    return s;
-  };
-  const LlamaMoENames names{layer, residual};
-  auto linear = [&](const std::string& name, Index in, Index out) {
-    return detail::HfTensors(ckpt.file_of(name), "").linear(name, in, out);
-  };
-  auto load_expert = [&](const std::string& g, const std::string& u, const std::string& dn, Index m) {
-    return FfnWeights<float>{linear(g, d, m), linear(u, d, m), linear(dn, m, d)};
-  };
-  const std::vector<Index> sizes = sizes_of("size_experts", n);
+  return residual;
+}
+
+/// config[key][layer]: the `count` expert sizes of one layer, each a positive integer.
+inline std::vector<Index> llama_moe_sizes(const HfConfig& cfg, const char* key, int layer, int count) {
+  const auto layers = static_cast<std::size_t>(cfg.integer("num_hidden_layers"));
+  MOE_CHECK(cfg.has(key) && cfg.json().at(key).is_array() && cfg.json().at(key).size() == layers,
+            "config.json (llama_moe): '" << key << "' must list one array of sizes per layer");
+  const nlohmann::json& row = cfg.json().at(key).at(static_cast<std::size_t>(layer));
+  MOE_CHECK(row.is_array() && row.size() == static_cast<std::size_t>(count),
+            "config.json (llama_moe): " << key << "[" << layer << "] must list " << count << " sizes");
+  std::vector<Index> sizes;
+  for (const auto& v : row) {
+    MOE_CHECK(v.is_number_integer() && v.get<std::int64_t>() > 0,
+              "config.json (llama_moe): " << key << "[" << layer
+                                          << "] holds a size that is not a positive integer");
+    sizes.push_back(v.get<Index>());
+  }
+  return sizes;
+}
+
+/// A HF linear weight [out, in] of the checkpoint, as the in x out math-orientation matrix.
+inline ColMatrix<float> llama_moe_linear(const HfCheckpoint& ckpt, const std::string& name, Index in,
+                                         Index out) {
+  return HfTensors(ckpt.file_of(name), "").linear(name, in, out);
+}
+
+/// The routed (or, residual = true, the residual) experts of sizes[e] over d.
+inline std::vector<FfnWeights<float>> load_llama_moe_experts(const HfCheckpoint& ckpt,
+                                                             const LlamaMoENames& names, bool residual,
+                                                             const std::vector<Index>& sizes, Index d) {
   std::vector<FfnWeights<float>> experts;
-  experts.reserve(static_cast<std::size_t>(n));
-  for (int e = 0; e < n; ++e)
-    experts.push_back(load_expert(names.expert("gate", e), names.expert("up", e), names.expert("down", e),
-                                  sizes[static_cast<std::size_t>(e)]));
+  experts.reserve(sizes.size());
+  for (std::size_t e = 0; e < sizes.size(); ++e) {
+    const auto name = [&](const char* proj) {
+      return residual ? names.residual_expert(proj, static_cast<int>(e))
+                      : names.expert(proj, static_cast<int>(e));
+    };
+    const Index m = sizes[e];
+    experts.push_back(FfnWeights<float>{llama_moe_linear(ckpt, name("gate"), d, m),
+                                        llama_moe_linear(ckpt, name("up"), d, m),
+                                        llama_moe_linear(ckpt, name("down"), m, d)});
+  }
+  return experts;
+}
+
+/// The layer's gate: gate_network mlp (tanh(x·W₁)·W₂) or linear, and its noise weight if stored.
+inline RouterGate<float> load_llama_moe_gate(const HfCheckpoint& ckpt, const HfConfig& cfg,
+                                             const LlamaMoENames& names, Index d, int n) {
   const std::string net = cfg.string_or("gate_network", "mlp");
   RouterGate<float> gate;
   if (net == "mlp") {
-    gate.weight = linear(names.gate("gate_network.0.weight"), d, n);
-    gate.mlp_out = linear(names.gate("gate_network.2.weight"), n, n);
+    gate.weight = llama_moe_linear(ckpt, names.gate("gate_network.0.weight"), d, n);
+    gate.mlp_out = llama_moe_linear(ckpt, names.gate("gate_network.2.weight"), n, n);
   } else {
     MOE_CHECK(net == "linear", "config.json (llama_moe): gate_network '" << net << "' is not mlp or linear");
-    gate.weight = linear(names.gate("gate_network.weight"), d, n);
+    gate.weight = llama_moe_linear(ckpt, names.gate("gate_network.weight"), d, n);
   }
   if (ckpt.contains(names.gate("weight_noise.weight")))
-    gate.noise = linear(names.gate("weight_noise.weight"), d, n);
-  MoELayer<float> moe_layer(std::move(experts), std::move(gate),
+    gate.noise = llama_moe_linear(ckpt, names.gate("weight_noise.weight"), d, n);
+  return gate;
+}
+
+}  // namespace detail
+
+/// Layer `layer` of a LLaMA-MoE checkpoint (llama_moe or llama_moe_residual, as written above or
+/// by LLaMA-MoE's converters) as an owning MoELayer: experts of size_experts[layer], the MLP or
+/// linear gate, top-k of the logits with a softmax over the k (gate_use_softmax), output ×
+/// score_scale_factor, residual experts added unscaled. Settings this layer cannot reproduce
+/// (another gate or calculator type, no softmax, unweighted scores, a residual scale other than 1)
+/// throw moe::Error naming the key.
+inline MoELayer<float> load_llama_moe_layer(const HfCheckpoint& ckpt, int layer) {
+  const detail::HfConfig cfg(ckpt.config(), "llama_moe");
+  const bool residual = detail::check_llama_moe_config(cfg);
+  const int n = cfg.integer("num_experts"), k = cfg.integer("num_selects"), d = cfg.integer("hidden_size");
+  const int layers = cfg.integer("num_hidden_layers");
+  MOE_CHECK(layer >= 0 && layer < layers, "LLaMA-MoE: layer " << layer << " outside [0, " << layers << ")");
+  const LlamaMoENames names{layer, residual};
+  std::vector<FfnWeights<float>> experts = detail::load_llama_moe_experts(
+      ckpt, names, false, detail::llama_moe_sizes(cfg, "size_experts", layer, n), d);
+  MoELayer<float> moe_layer(std::move(experts), detail::load_llama_moe_gate(ckpt, cfg, names, d, n),
                             presets::llama_moe_gate(k, cfg.number_or("score_scale_factor", 1.0)));
   if (residual) {
     const int r = cfg.integer("num_experts_residual");
-    const std::vector<Index> rs = sizes_of("size_experts_residual", r);
-    std::vector<FfnWeights<float>> shared;
-    shared.reserve(static_cast<std::size_t>(r));
-    for (int e = 0; e < r; ++e)
-      shared.push_back(load_expert(names.residual_expert("gate", e), names.residual_expert("up", e),
-                                   names.residual_expert("down", e), rs[static_cast<std::size_t>(e)]));
-    moe_layer.set_shared_experts(std::move(shared));
+    moe_layer.set_shared_experts(detail::load_llama_moe_experts(
+        ckpt, names, true, detail::llama_moe_sizes(cfg, "size_experts_residual", layer, r), d));
   }
   return moe_layer;
 }

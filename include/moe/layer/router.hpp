@@ -70,8 +70,7 @@ enum class Renormalize {
   kPNorm,  ///< w / (sum |w|^p)^(1/p)   (DBRX moe_normalize_expert_weights)
 };
 
-/// The switches of a router (see ../shared/DESIGN.md's table of families, and presets.hpp for the
-/// named settings). Per token, with logits z (N values):
+/// The switches of a router (presets.hpp names the settings of each real family). Per token, with logits z (N values):
 ///   1. scores s = score(z) over all N (skipped when score_selected_only);
 ///   2. selection values v = (select == kScores && !score_selected_only ? s : z) + selection bias;
 ///   3. if n_group > 1: group score per group of N/n_group consecutive experts (max, or sum of the
@@ -184,6 +183,100 @@ void apply_score(ScoreFunction f, const T* z, int n, T* out) {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Step 4, group-limited selection: scores the n_group groups of sel (their max, or the sum of
+/// their top 2), keeps the topk_group best and excludes every expert outside them (-inf, as the
+/// official DeepSeek code masks). group: room for 2·n_group values; kept: n_group ints.
+template <class T>
+void keep_best_groups(const RouterOptions& opt, int n, T* sel, T* group, int* kept) {
+  const int group_size = n / opt.n_group;
+  for (int g = 0; g < opt.n_group; ++g) {
+    const T* v = sel + g * group_size;
+    if (opt.group_score == GroupScore::kMax) {
+      group[g] = *std::max_element(v, v + group_size);
+    } else {
+      T best2[2];
+      int unused[2];
+      top_k(v, group_size, 2, unused, best2);
+      group[g] = best2[0] + best2[1];
+    }
+  }
+  T* kept_val = group + opt.n_group;
+  top_k(group, opt.n_group, opt.topk_group, kept, kept_val);
+  for (int g = 0; g < opt.n_group; ++g) {
+    if (std::find(kept, kept + opt.topk_group, g) != kept + opt.topk_group) continue;
+    std::fill(sel + g * group_size, sel + (g + 1) * group_size, -std::numeric_limits<T>::infinity());
+  }
+}
+
+/// Steps 6–7 on one token's k weights: renormalise (L1 + epsilon, or p-norm), then scale.
+template <class T>
+void normalize_weights(const RouterOptions& opt, int k, T* w) {
+  if (opt.renormalize == Renormalize::kL1) {
+    T sum = T(0);
+    for (int s = 0; s < k; ++s) sum += w[s];
+    sum += static_cast<T>(opt.renorm_epsilon);
+    for (int s = 0; s < k; ++s) w[s] /= sum;
+  } else if (opt.renormalize == Renormalize::kPNorm) {
+    const T p = static_cast<T>(opt.renorm_p);
+    T acc = T(0);
+    for (int s = 0; s < k; ++s) acc += std::pow(std::abs(w[s]), p);
+    const T norm = opt.renorm_p == 1.0 ? acc : std::pow(acc, T(1) / p);
+    for (int s = 0; s < k; ++s) w[s] /= norm;
+  }
+  if (opt.routed_scaling_factor != 1.0)
+    for (int s = 0; s < k; ++s) w[s] *= static_cast<T>(opt.routed_scaling_factor);
+}
+
+/// Steps 1–7 for token t: logits z (n values) → its k experts id (best first) and weights w.
+template <class T>
+void route_token(const RouterOptions& opt, Index t, const T* z, const T* selection_bias, int n, int k,
+                 std::int32_t* id, T* w, RouterScratch<T>& scratch) {
+  for (int e = 0; e < n; ++e)
+    MOE_CHECK(std::isfinite(z[e]),
+              "route: router logit for token " << t << ", expert " << e << " is " << z[e]);
+  T* score = scratch.values.data();
+  T* sel = score + n;
+  const bool scores_first = !opt.score_selected_only;
+  if (scores_first) apply_score(opt.score, z, n, score);
+  const T* base = (scores_first && opt.select == SelectOn::kScores) ? score : z;
+  for (int e = 0; e < n; ++e) sel[e] = selection_bias ? base[e] + selection_bias[e] : base[e];
+  if (opt.n_group > 1) keep_best_groups(opt, n, sel, sel + n, scratch.ints.data());
+  top_k(sel, n, k, id, w);
+  if (scores_first) {
+    for (int s = 0; s < k; ++s) w[s] = score[id[s]];
+  } else {
+    for (int s = 0; s < k; ++s) w[s] = z[id[s]];
+    apply_score(opt.score, w, k, w);
+  }
+  normalize_weights(opt, k, w);
+}
+
+/// Step 8, expert capacity: in token order, each expert keeps at most ceil(cf · T / N) slots; the
+/// rest get id -1 and weight 0. Returns the slots dropped. fill: n ints.
+template <class T>
+Index apply_capacity(double capacity_factor, int n, Eigen::Ref<IdMatrix> ids, RowRef<T> weights, int* fill) {
+  const Index tokens = ids.rows(), k = ids.cols();
+  const auto capacity =
+      static_cast<Index>(std::ceil(capacity_factor * static_cast<double>(tokens) / static_cast<double>(n)));
+  std::fill(fill, fill + n, 0);
+  Index dropped = 0;
+  for (Index t = 0; t < tokens; ++t)
+    for (Index s = 0; s < k; ++s) {
+      if (fill[ids(t, s)] < capacity) {
+        ++fill[ids(t, s)];
+      } else {
+        ids(t, s) = -1;
+        weights(t, s) = T(0);
+        ++dropped;
+      }
+    }
+  return dropped;
+}
+
+}  // namespace detail
+
 /// The general router, steps 1–8 of RouterOptions, over T tokens.
 /// logits: T x N row-major; selection_bias: N values or nullptr (DeepSeek-V3
 /// e_score_correction_bias: changes which experts are chosen, never their weights);
@@ -205,92 +298,18 @@ void route(const RouterOptions& opt, const ConstRowRef<T>& logits, const T* sele
       MOE_CHECK(std::isfinite(selection_bias[e]),
                 "route: selection bias of expert " << e << " is " << selection_bias[e]);
   scratch.reserve(n, k);
-  T* score = scratch.values.data();
-  T* sel = score + n;
-  T* group = sel + n;  // n_group group scores, then their top values
-  const int group_size = n / opt.n_group;
-  const bool scores_first = !opt.score_selected_only;
-  constexpr T kExcluded = -std::numeric_limits<T>::infinity();
-
-  for (Index t = 0; t < tokens; ++t) {
-    const T* z = logits.row(t).data();
-    for (int e = 0; e < n; ++e)
-      MOE_CHECK(std::isfinite(z[e]),
-                "route: router logit for token " << t << ", expert " << e << " is " << z[e]);
-    if (scores_first) detail::apply_score(opt.score, z, n, score);
-    const T* base = (scores_first && opt.select == SelectOn::kScores) ? score : z;
-    for (int e = 0; e < n; ++e) sel[e] = selection_bias ? base[e] + selection_bias[e] : base[e];
-
-    if (opt.n_group > 1) {
-      for (int g = 0; g < opt.n_group; ++g) {
-        const T* v = sel + g * group_size;
-        if (opt.group_score == GroupScore::kMax) {
-          group[g] = *std::max_element(v, v + group_size);
-        } else {
-          T best2[2];
-          int unused[2];
-          top_k(v, group_size, 2, unused, best2);
-          group[g] = best2[0] + best2[1];
-        }
-      }
-      int* kept = scratch.ints.data();
-      T* kept_val = group + opt.n_group;
-      top_k(group, opt.n_group, opt.topk_group, kept, kept_val);
-      // Exclude every expert outside the kept groups (the official DeepSeek code masks with -inf).
-      for (int g = 0; g < opt.n_group; ++g) {
-        if (std::find(kept, kept + opt.topk_group, g) != kept + opt.topk_group) continue;
-        std::fill(sel + g * group_size, sel + (g + 1) * group_size, kExcluded);
-      }
-    }
-
-    std::int32_t* id = ids.row(t).data();
-    T* w = weights.row(t).data();
-    top_k(sel, n, k, id, w);
-    if (scores_first) {
-      for (int s = 0; s < k; ++s) w[s] = score[id[s]];
-    } else {
-      for (int s = 0; s < k; ++s) w[s] = z[id[s]];
-      detail::apply_score(opt.score, w, k, w);
-    }
-    if (opt.renormalize == Renormalize::kL1) {
-      T sum = T(0);
-      for (int s = 0; s < k; ++s) sum += w[s];
-      sum += static_cast<T>(opt.renorm_epsilon);
-      for (int s = 0; s < k; ++s) w[s] /= sum;
-    } else if (opt.renormalize == Renormalize::kPNorm) {
-      const T p = static_cast<T>(opt.renorm_p);
-      T acc = T(0);
-      for (int s = 0; s < k; ++s) acc += std::pow(std::abs(w[s]), p);
-      const T norm = opt.renorm_p == 1.0 ? acc : std::pow(acc, T(1) / p);
-      for (int s = 0; s < k; ++s) w[s] /= norm;
-    }
-    if (opt.routed_scaling_factor != 1.0)
-      for (int s = 0; s < k; ++s) w[s] *= static_cast<T>(opt.routed_scaling_factor);
-  }
-
+  for (Index t = 0; t < tokens; ++t)
+    detail::route_token(opt, t, logits.row(t).data(), selection_bias, n, k, ids.row(t).data(),
+                        weights.row(t).data(), scratch);
   // Statistics see the router's choice before any capacity drop (Switch's f_i).
   if (stats) {
     std::fill(scratch.chosen.begin(), scratch.chosen.begin() + n, Index{0});
     for (Index t = 0; t < tokens; ++t)
       for (int s = 0; s < k; ++s) ++scratch.chosen[static_cast<std::size_t>(ids(t, s))];
   }
-  Index dropped = 0;
-  if (opt.capacity_factor) {
-    const auto capacity = static_cast<Index>(
-        std::ceil(*opt.capacity_factor * static_cast<double>(tokens) / static_cast<double>(n)));
-    int* fill = scratch.ints.data();
-    std::fill(fill, fill + n, 0);
-    for (Index t = 0; t < tokens; ++t)
-      for (int s = 0; s < k; ++s) {
-        if (fill[ids(t, s)] < capacity) {
-          ++fill[ids(t, s)];
-        } else {
-          ids(t, s) = -1;
-          weights(t, s) = T(0);
-          ++dropped;
-        }
-      }
-  }
+  const Index dropped = opt.capacity_factor ? detail::apply_capacity<T>(*opt.capacity_factor, n, ids, weights,
+                                                                        scratch.ints.data())
+                                            : 0;
   if (stats) compute_routing_stats<T>(logits, ids, weights, scratch.chosen.data(), dropped, *stats);
 }
 

@@ -124,8 +124,11 @@ __device__ inline void write_tile(const float (*out_s)[kOutLd], int rows, long l
 /// expert_hidden_swiglu on the tensor cores (T16 = bf16 or fp16 weights): h = (x·W_up) ⊙
 /// SiLU(x·W_gate) for one expert tile and 64 hidden columns, x rounded to T16. Grid as
 /// expert_hidden_swiglu; kMmaThreads threads.
+/// One function past 60 lines on purpose: its phases share registers and barriers, and how a
+/// split kernel is compiled (registers, spills) can only be checked on a GPU.
 template <class T16, bool kVec>
 __global__ void __launch_bounds__(kMmaThreads)
+    // NOLINTNEXTLINE(readability-function-size): one kernel, as its comment says
     expert_hidden_swiglu_mma(const float* x, const long long* sorted_pair, int k, DeviceExperts<T16> ex,
                              const long long* offsets, const long long* tile_offsets, float* h,
                              long long ldh) {

@@ -32,7 +32,10 @@ static_assert(kGroupThreads >= kMaxExperts, "one thread per expert advances the 
 /// - *bad_token: the smallest token whose slot 0 was dropped (route_tokens drops every slot of a
 ///   token whose logits are not finite), or 0xffffffff.
 /// One block of kGroupThreads threads; n <= kMaxExperts.
+/// One function past 60 lines on purpose: its phases share registers and barriers, and how a
+/// split kernel is compiled (registers, spills) can only be checked on a GPU.
 static __global__ void __launch_bounds__(kGroupThreads)
+    // NOLINTNEXTLINE(readability-function-size): one kernel, as its comment says
     group_by_expert(const int* ids, long long pairs, int k, int n, int tile_rows, int few_rows, int* counts,
                     long long* offsets, long long* tile_offsets, int* few_experts, int* num_few,
                     long long* sorted_pair, long long* row_of, unsigned* bad_token) {

@@ -120,8 +120,11 @@ __device__ inline void load_chunk(const float* p, float (&out)[V]) {
 /// x_rounded (T x d, R a 16-bit type; null: none): x rounded to R, the pipelined tensor-core tiles'
 /// operand (expert_mma_pipelined.cuh), written here because this kernel reads x anyway. R = float
 /// writes nothing.
+/// One function past 60 lines on purpose: its phases share registers and barriers, and how a
+/// split kernel is compiled (registers, spills) can only be checked on a GPU.
 template <class R, bool kVec, int kTokens>
 __global__ void __launch_bounds__(kRouteThreads)
+    // NOLINTNEXTLINE(readability-function-size): one kernel, as its comment says
     route_tokens(const float* x, long long tokens, const float* w_router, long long d, int n, int k,
                  DeviceRouterOptions opt, float* logits, int* ids, float* weights, R* x_rounded) {
   wait_for_previous_kernel();

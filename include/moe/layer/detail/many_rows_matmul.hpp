@@ -45,19 +45,13 @@ inline Index padded_rows(Index rows) {
 #if defined(__AVX512F__)
 // 8 columns, not the 12 that 32 registers could hold: with 12 column pointers the compiler spills
 // some to other registers in the k loop, and at d = 4096 the 12 columns (16 KB apart in float,
-// 8 KB in bf16) share L1 sets. Tile alone, one thread, weights in cache, column stride of d = 4096:
-// float 16 rows 121 -> 162 GFLOP/s (32 rows 198-210 -> 210), bf16 pairs 16 rows 185 -> 270,
-// 32 rows 287 -> 427 (its peak). moe_bench N = 8 k = 2, alternating binaries twice: f32 T = 64
-// 30.7 / 26.3 -> 27.2 / 23.8 ms, T = 512 165 / 132 -> 139 / 120; bf16 T = 64 19.6 / 14.8 ->
-// 15.6 / 13.0, T = 512 95.2 / 72.3 -> 65.9 / 66.1.
+// 8 KB in bf16) share L1 sets (bench/RESULTS.md, "prefill panels").
 constexpr int kPanelCols = 8;
 // From 4 vectors of rows on, 6 columns in tiles of 4 vectors: 24 accumulators (29 registers with
 // the row vectors and a broadcast) against 2 x 8's 16, so each weight broadcast and each row
 // vector feeds more products: fewer loads per product and fewer weight columns sharing L1 sets.
-// Zen 4, 2 threads, 128 rows x 256 columns, weights streamed from memory, three rounds: bf16 pairs
-// 156-198 -> 194-215 GFLOP/s per thread, float 89-103 -> 98-111 (its peak is 111). 6 does not
-// divide kColumnBlock (256, ffn.hpp): each column block ends in a 4-column panel (4 x 4 tiles took
-// 1.5% of the samples of the dense bf16 FFN at T = 512, for 1.6% of its columns).
+// 6 does not divide kColumnBlock (256): each column block ends in a 4-column panel, which costs
+// about its share of the columns.
 constexpr int kPanelColsManyRows = 6;
 constexpr int kMaxTileVectors = 4;
 constexpr int kRegisters = 32;
@@ -81,9 +75,7 @@ constexpr Index kDepthBlock = 256;
 
 /// The next weight panel is prefetched into L2, not L1: with d = 4096 an expert's columns lie
 /// 16 KB apart, so a panel's columns share L1 sets, and the next panel's lines, pulled into L1,
-/// evicted the current one's (12-column panels, float, 2 threads, 16 token rows, depth 4096:
-/// 130 -> 174 GFLOP/s; depth 1376, where columns do not alias, 3% slower). With 8-column panels
-/// L1 is still 5-20% slower at 12-20 rows, both depths.
+/// would evict the current one's (bench/RESULTS.md, "prefill panels").
 constexpr PrefetchTo kNextPanelTo = PrefetchTo::kL2;
 
 /// One tile: V vectors of rows x C columns over one depth block of kc. b: column j at b + j·ldb.
@@ -133,8 +125,8 @@ inline __m512bh bf16_row_pairs(__m512 at_k, __m512 at_k1) {
 
 /// Token rows of A, rounded to bf16 and paired along k: p[kp·ldp + r] holds row r at k = 2kp (low
 /// half) and 2kp + 1 (high half, zero past kc). rows: a multiple of 16. Done once per depth block
-/// and row chunk, so every column panel reads them ready (converting in the tile, once per
-/// column panel, measured slower).
+/// and row chunk, so every column panel reads them ready rather than converting them once per
+/// column panel.
 inline void pack_bf16_pairs(const float* a, Index lda, Index rows, Index kc, std::uint32_t* p, Index ldp) {
   for (Index kp = 0; kp < (kc + 1) / 2; ++kp)
     for (Index r = 0; r < rows; r += 16) {
@@ -222,21 +214,18 @@ void many_rows_panel_any(int cols, const A* a, Index lda, Index rows, const B* b
 }
 
 #if defined(__AVX512F__)
-/// AVX-512 tiles read A where it lies (their 64-row tiles were measured at 0.92 of peak on Zen 4
-/// that way; packing is unmeasured there).
+/// AVX-512 tiles read A where it lies: their 64-row tiles come near the FMA peak that way.
 constexpr bool kPackTokenTiles = false;
 #else
 /// With 8-lane vectors (AVX2, the portable fallback) each depth block of A is first copied tile by
 /// tile into one contiguous run per tile (pack_token_tiles), which every weight panel then reads
 /// in order. A 16-row AVX2 tile reads one 64-byte line per k, lda floats apart (512 bytes for a
 /// 128-row block): those 256 lines fall in 8 of L1's 64 sets, so they come from L2 for every
-/// panel, in a stride the prefetchers follow poorly. Zen 3 (AVX2), 128-row blocks x 11008 columns
-/// x depth 4096, fifteen alternating rounds, medians: 1 thread 44-48 -> 58-64 GFLOP/s, 2 threads
-/// 83-93 -> 104-120 (the tile alone, in L1, reaches 84-94 per thread: this core's FMA peak).
+/// panel, in a stride the prefetchers follow poorly (bench/RESULTS.md, "token tiles").
 constexpr bool kPackTokenTiles = true;
 #endif
 /// Token rows per packed chunk: 128 rows x kDepthBlock floats, 128 KB on the stack (the layer's row
-/// blocks, ffn.hpp's kRowBlock, are one chunk; its last block, up to 255 rows, two).
+/// blocks, scratch_layout.hpp's kRowBlock, are one chunk; its last block, up to 255 rows, two).
 constexpr Index kPackedRows = 128;
 static_assert(kPackedRows % kTokenTileRows == 0, "chunks are whole tiles");
 static_assert(
@@ -309,14 +298,12 @@ void for_each_panel(Index depth, Index kb, Index cols, int panel, bool panel_out
 
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
 /// The depth block of bf16 pairs, 4 x kDepthBlock: each tile runs 512 pairs of k between loading
-/// and storing its sums, and reads each weight column in 2 KB runs. Zen 4, moe_bench, three rounds
-/// alternating 256 with 1024 and other variants (2026-11-29): dense T = 512 341-346 -> 330-335 ms,
-/// T = 64 43.2-43.4 -> 41.1-41.9; MoE N = 8 k = 2 T = 512 96-100 -> 93-96, T = 64 17.6-17.8 ->
-/// 16.3-16.6. 2048 measured as 1024; float weights at 1024 were within noise of 256, and keep it.
+/// and storing its sums, and reads each weight column in 2 KB runs (value determined
+/// experimentally: bench/RESULTS.md, "bf16 pair depth block").
 constexpr Index kPairDepthBlock = 1024;
 
 /// Token rows per chunk of packed bf16 pairs: 128 rows x kPairDepthBlock / 2 pairs = 256 KB, read
-/// by every column panel of a depth block while it stays in L2. (64 measured as 128.)
+/// by every column panel of a depth block while it stays in L2.
 constexpr Index kPairChunkRows = 128;
 
 /// One weight panel (`panel` columns from j0, clipped to cols; depth block k0) against packed
@@ -367,58 +354,43 @@ inline void many_rows_matmul_pairs(const std::uint32_t* p, Index ldp, Index rows
 }
 #endif
 
-/// C(r, j) = Σ_k A(r, k) · W(k, j) for r < rows, j < cols, k < depth.
-/// A(r, k) at a[k·lda + r] and C(r, j) at c[j·ldc + r]: rows padded to a multiple of
-/// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
-/// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly;
-/// with kBf16DotProducts, bf16 weights multiply A rounded to bf16 instead).
-/// a_packed (or nullptr): A already packed over its whole depth, read instead of a:
-///  - P = std::uint32_t, only bf16 weights with kBf16DotProducts: bf16 pairs by pack_bf16_pairs,
-///    ld_packed apart (see many_rows_matmul_pairs);
-///  - P = float, only with kPackTokenTiles: token tiles, each depth block packed by
-///    pack_token_tiles, the block at depth k0 at a_packed + k0·ld_packed (where column-major A
-///    with ld_packed rows has its depth k0), ld_packed = padded_rows(rows).
-/// Packed once by the caller, A is not re-packed for every call (every column block).
-template <class W, class P = std::uint32_t>
-void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index ldw, Index depth, Index cols,
-                      float* c, Index ldc, const P* a_packed = nullptr, Index ld_packed = 0) {
-  static_assert(
-      std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
-      "many_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
-  static_assert(std::is_same_v<P, std::uint32_t> || std::is_same_v<P, float>,
-                "many_rows_matmul: packed activations are bf16 pairs (std::uint32_t) or token tiles (float)");
-  const Index prows = padded_rows(rows);
 #if defined(__AVX512BF16__) && MOE_BF16_DOT
-  if constexpr (std::is_same_v<W, Eigen::bfloat16> && std::is_same_v<P, std::uint32_t>) {
-    if (a_packed) return many_rows_matmul_pairs(a_packed, ld_packed, rows, w, ldw, depth, cols, c, ldc);
-    // Depth block by depth block, chunks of 32 token rows packed as bf16 pairs (64 KB on the
-    // stack), then every column panel against them; the weights are broadcast from where they are
-    // stored. (The layer packs its activations once instead; chunks change the tiles, not a bit.)
-    constexpr Index kChunkRows = 32;
-    alignas(64) std::uint32_t pairs[kChunkRows * kPairDepthBlock / 2];
-    for (Index k0 = 0; k0 < depth; k0 += kPairDepthBlock) {
-      const Index kc = std::min(kPairDepthBlock, depth - k0);
-      for (Index r0 = 0; r0 < prows; r0 += kChunkRows) {
-        const Index chunk = std::min(kChunkRows, prows - r0);
-        pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
-        many_rows_pairs_chunk(pairs, chunk, chunk, w, ldw, depth, cols, k0, c + r0, ldc, r0 == 0);
-      }
+/// many_rows_matmul for bf16 weights and A unpacked: depth block by depth block, chunks of 32
+/// token rows packed as bf16 pairs (64 KB on the stack), then every column panel against them;
+/// the weights are broadcast from where they are stored. (The layer packs its activations once
+/// instead; chunks change the tiles, not a bit.)
+inline void many_rows_matmul_pack_pairs(const float* a, Index lda, Index prows, const Eigen::bfloat16* w,
+                                        Index ldw, Index depth, Index cols, float* c, Index ldc) {
+  constexpr Index kChunkRows = 32;
+  alignas(64) std::uint32_t pairs[kChunkRows * kPairDepthBlock / 2];
+  for (Index k0 = 0; k0 < depth; k0 += kPairDepthBlock) {
+    const Index kc = std::min(kPairDepthBlock, depth - k0);
+    for (Index r0 = 0; r0 < prows; r0 += kChunkRows) {
+      const Index chunk = std::min(kChunkRows, prows - r0);
+      pack_bf16_pairs(a + k0 * lda + r0, lda, chunk, kc, pairs, chunk);
+      many_rows_pairs_chunk(pairs, chunk, chunk, w, ldw, depth, cols, k0, c + r0, ldc, r0 == 0);
     }
-    return;
   }
+}
 #endif
-  // (Internal callers only; a wrong layout would be a silent wrong answer, so it is checked.)
-  MOE_CHECK(
-      !a_packed || (std::is_same_v<P, float> && kPackTokenTiles && ld_packed == prows),
-      "many_rows_matmul: packed activations this build does not read for these weights, or token tiles of "
-          << ld_packed << " rows for " << prows);
-  alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
-  const int panel_width = panel_cols(prows);
-  const bool panel_outer = prows <= kPanelOuterRows;
-  // Weight panel (k0, j0) against `rows` token rows from row r0: A at depth k0 from ak (packed
-  // tiles, or in place lda apart). prefetch: also fetch the next weight panel.
-  const auto panel_product = [&](Index k0, Index j0, const float* ak, Index ld, Index r0, Index rows_here,
-                                 bool packed, bool prefetch) {
+
+/// One weight panel of many_rows_matmul's W (depth block k0, `panel_width` columns from j0)
+/// against token rows of A, accumulated into C. W = float is broadcast from where it is stored
+/// (copying it measured no faster); bf16 and half panels are widened into `panel` first.
+template <class W>
+struct WeightPanelProduct {
+  const W* w;
+  Index ldw, depth, cols;
+  float* c;
+  Index ldc;
+  int panel_width;
+  bool panel_outer;
+  float* panel;  ///< kPanelCols x kDepthBlock floats (unused for float weights)
+
+  /// rows_here rows from row r0, A at depth k0 from ak (token tiles if packed, else ld apart).
+  /// prefetch: also fetch the next weight panel.
+  void operator()(Index k0, Index j0, const float* ak, Index ld, Index r0, Index rows_here, bool packed,
+                  bool prefetch) const {
     const Index kc = std::min(kDepthBlock, depth - k0);
     const int nc = static_cast<int>(std::min<Index>(panel_width, cols - j0));
     const W* next =
@@ -426,8 +398,6 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
                  : nullptr;
     float* cj = c + j0 * ldc + r0;
     if constexpr (std::is_same_v<W, float>) {
-      // Float weights are broadcast from where they are stored: copying the panel measured no
-      // faster at 512 rows and 7% slower at 128 (moe_bench, T = 512, N = 8, k = 2).
       many_rows_panel_any(nc, ak, ld, rows_here, w + j0 * ldw + k0, ldw, kc, cj, ldc, k0 == 0, next, ldw,
                           packed);
     } else {
@@ -441,33 +411,72 @@ void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index l
       }
       many_rows_panel_any(nc, ak, ld, rows_here, panel, kc, kc, cj, ldc, k0 == 0, next, ldw, packed);
     }
-  };
+  }
+};
+
+/// many_rows_matmul with A unpacked in a build that reads token tiles (kPackTokenTiles), past
+/// kPanelOuterRows rows: depth block by depth block, chunks of rows packed into tiles, then every
+/// weight panel against them.
+template <class W>
+void many_rows_matmul_pack_tiles(const float* a, Index lda, Index prows,
+                                 const WeightPanelProduct<W>& product) {
+  alignas(64) float tiles[kPackTokenTiles ? kPackedRows * kDepthBlock : 1];
+  for (Index k0 = 0; k0 < product.depth; k0 += kDepthBlock)
+    for (Index r0 = 0; r0 < prows; r0 += kPackedRows) {
+      const Index chunk = std::min(kPackedRows, prows - r0);
+      pack_token_tiles(a + k0 * lda + r0, lda, chunk, std::min(kDepthBlock, product.depth - k0), tiles);
+      for (Index j0 = 0; j0 < product.cols; j0 += product.panel_width)
+        product(k0, j0, tiles, 0, r0, chunk, true, r0 == 0);
+    }
+}
+
+/// C(r, j) = Σ_k A(r, k) · W(k, j) for r < rows, j < cols, k < depth.
+/// A(r, k) at a[k·lda + r] and C(r, j) at c[j·ldc + r]: rows padded to a multiple of
+/// kPanelRowQuantum (the padding rows of A zero; those of C are written too), lda, ldc >= that.
+/// W: column j at w + j·ldw, depth contiguous values (float, bfloat16 or half, widened exactly;
+/// with kBf16DotProducts, bf16 weights multiply A rounded to bf16 instead).
+/// a_packed (or nullptr): A already packed over its whole depth, read instead of a:
+///  - P = std::uint32_t, only bf16 weights with kBf16DotProducts: bf16 pairs by pack_bf16_pairs,
+///    ld_packed apart (see many_rows_matmul_pairs);
+///  - P = float, only with kPackTokenTiles: token tiles, each depth block packed by
+///    pack_token_tiles, the block at depth k0 at a_packed + k0·ld_packed (where column-major A
+///    with ld_packed rows has its depth k0), ld_packed = padded_rows(rows).
+/// Packed once by the caller, A is not re-packed for every call (every column block). Few rows
+/// (up to kPanelOuterRows) stream each weight panel through its whole depth and read A in place.
+template <class W, class P = std::uint32_t>
+void many_rows_matmul(const float* a, Index lda, Index rows, const W* w, Index ldw, Index depth, Index cols,
+                      float* c, Index ldc, const P* a_packed = nullptr, Index ld_packed = 0) {
+  static_assert(
+      std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
+      "many_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
+  static_assert(std::is_same_v<P, std::uint32_t> || std::is_same_v<P, float>,
+                "many_rows_matmul: packed activations are bf16 pairs (std::uint32_t) or token tiles (float)");
+  const Index prows = padded_rows(rows);
+#if defined(__AVX512BF16__) && MOE_BF16_DOT
+  if constexpr (std::is_same_v<W, Eigen::bfloat16> && std::is_same_v<P, std::uint32_t>) {
+    if (a_packed) return many_rows_matmul_pairs(a_packed, ld_packed, rows, w, ldw, depth, cols, c, ldc);
+    return many_rows_matmul_pack_pairs(a, lda, prows, w, ldw, depth, cols, c, ldc);
+  }
+#endif
+  // (Internal callers only; a wrong layout would be a silent wrong answer, so it is checked.)
+  MOE_CHECK(
+      !a_packed || (std::is_same_v<P, float> && kPackTokenTiles && ld_packed == prows),
+      "many_rows_matmul: packed activations this build does not read for these weights, or token tiles of "
+          << ld_packed << " rows for " << prows);
+  alignas(64) float panel[std::is_same_v<W, float> ? 1 : kPanelCols * kDepthBlock];
+  const WeightPanelProduct<W> product{
+      w, ldw, depth, cols, c, ldc, panel_cols(prows), prows <= kPanelOuterRows, panel};
   if constexpr (std::is_same_v<P, float>) {
-    if (a_packed) {
-      // Token tiles packed by the caller: every depth block ready, in either loop order.
-      for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
-        panel_product(k0, j0, a_packed + k0 * ld_packed, 0, 0, prows, true, true);
-      });
+    if (a_packed) {  // token tiles packed by the caller: every depth block ready, in either loop order
+      for_each_panel(
+          depth, kDepthBlock, cols, product.panel_width, product.panel_outer,
+          [&](Index k0, Index j0) { product(k0, j0, a_packed + k0 * ld_packed, 0, 0, prows, true, true); });
       return;
     }
   }
-  if (kPackTokenTiles && !panel_outer) {
-    // A given unpacked (the layer packs it once, see a_packed): depth block by depth block, chunks
-    // of rows packed (kPackTokenTiles), then every weight panel against them. Few rows
-    // (panel-outer) stream the weights and read A in place.
-    alignas(64) float tiles[kPackTokenTiles ? kPackedRows * kDepthBlock : 1];
-    for (Index k0 = 0; k0 < depth; k0 += kDepthBlock)
-      for (Index r0 = 0; r0 < prows; r0 += kPackedRows) {
-        const Index chunk = std::min(kPackedRows, prows - r0);
-        pack_token_tiles(a + k0 * lda + r0, lda, chunk, std::min(kDepthBlock, depth - k0), tiles);
-        for (Index j0 = 0; j0 < cols; j0 += panel_width)
-          panel_product(k0, j0, tiles, 0, r0, chunk, true, r0 == 0);
-      }
-    return;
-  }
-  for_each_panel(depth, kDepthBlock, cols, panel_width, panel_outer, [&](Index k0, Index j0) {
-    panel_product(k0, j0, a + k0 * lda, lda, 0, prows, false, true);
-  });
+  if (kPackTokenTiles && !product.panel_outer) return many_rows_matmul_pack_tiles(a, lda, prows, product);
+  for_each_panel(depth, kDepthBlock, cols, product.panel_width, product.panel_outer,
+                 [&](Index k0, Index j0) { product(k0, j0, a + k0 * lda, lda, 0, prows, false, true); });
 }
 
 }  // namespace moe::detail
