@@ -166,7 +166,7 @@ void bm_stream_read(benchmark::State& state) {
 /// ~1.3x faster than a 1 GB one here, but 135 MB only ~1.1x: what a core can use is far smaller.)
 /// Returns the read's seconds: the cold cases report its rate as `stream_bytes_per_second`, the
 /// read bandwidth of the same seconds as the calls, a steadier reference than StreamRead's run
-/// minutes earlier on this VM (23-64 GB/s within an hour on 2026-11-28).
+/// minutes earlier (this VM's read bandwidth moves by 2x within an hour: bench/RESULTS.md).
 constexpr Index kEvictFloats = Index{1} << 27;
 double evict_caches(benchmark::State& state) {
   state.PauseTiming();

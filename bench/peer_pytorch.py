@@ -11,7 +11,7 @@ Needs Debian's python3-torch; PyTorch's float32 matmul goes through the system B
 OpenBLAS too (libopenblas0-pthread), else Debian's reference BLAS makes PyTorch ~10x slower.
 PyTorch's defaults are slow on this machine class; this script sets OMP_WAIT_POLICY=PASSIVE and,
 where the CPU has AVX-512, OPENBLAS_CORETYPE=SkylakeX (OpenBLAS otherwise picks Haswell kernels on
-Zen 4/5), the tuning the issue's peer figures were measured with. Without AVX-512 (e.g. Zen 3)
+Zen 4/5), the tuning bench/RESULTS.md's PyTorch figures were measured with. Without AVX-512 (e.g. Zen 3)
 OpenBLAS's own choice stands: its SkylakeX kernels would die there on an illegal instruction.
 --openblas-coretype names the kernels instead ("" leaves the environment's).
 

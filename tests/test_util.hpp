@@ -54,7 +54,7 @@ bool bitwise_equal(const A& a, const B& b) {
              0;
 }
 
-/// Tolerance for comparing a T computation against the double reference (the bounds):
+/// Tolerance for comparing a T computation against the double reference (the project's accuracy bar):
 /// 1e-5 for float, 1e-12 for double. Rounding over dot products of <= ~1000 terms grows like
 /// sqrt(n)·eps; the largest errors these tests measured were 5.7e-7 (float) and 1.2e-15
 /// (double), while a wrong index, orientation or weight gives errors of order 1.

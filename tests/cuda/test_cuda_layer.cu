@@ -4,7 +4,7 @@
 // Tolerances: float weights, and bf16/fp16 weights on the matrix-vector path (experts with at most
 // cuda::kFewRows rows), are widened exactly and every product is accumulated in float on both
 // sides, in different orders, so the outputs agree to float rounding over dot products of d and m
-// terms (the issue's 1e-5, relative to the output's scale). bf16 and fp16 weights on the tile path
+// terms (the project's 1e-5, relative to the output's scale). bf16 and fp16 weights on the tile path
 // run on the tensor cores, which round the activations (x, then h) to the weights' type (unit
 // roundoff u = 2^-9 for bf16, 2^-11 for fp16), as the CPU path's AVX512-BF16 kernels do for bf16;
 // the CPU layer here keeps them in float, so those outputs are compared within 4u, the bound the

@@ -19,13 +19,8 @@
 
 // Up to MOE_FEW_ROWS token rows per expert (or dense call), float matmuls run few_rows_matmul (each
 // weight read once for all rows); above, many_rows_matmul (a GEMM over token rows padded to whole
-// vectors of 16, which padding makes wasteful for a handful of rows). 8 since the 4 x 6 decode tile
-// (2026-11-29; 4 before, when 8 rows ran as three tiles of 3 x 8): moe_bench dense
-// d = 4096, m = 11008, T = 8 cold, 2 cores AVX-512, three alternating rounds 4 / 8 — bf16
-// 19.7 / 19.7 / 20.2 -> 16.4 / 14.1 / 13.6 ms, f32 26.1 / 29.0 / 28.6 -> 27.5 / 27.8 / 26.2 (the
-// figures of the README and commit 9081858); T = 12 and 16 were slower through few_rows_matmul
-// (f32 27 -> 36-45 ms). MoE N = 8 k = 2 at T = 32 (experts with 6-13 tokens): bf16 3 of 3 rounds
-// ~5% faster, f32 within noise.
+// vectors of 16, which padding makes wasteful for a handful of rows). Value determined
+// experimentally (bench/RESULTS.md, "MOE_FEW_ROWS").
 #ifndef MOE_FEW_ROWS
 #define MOE_FEW_ROWS 8
 #endif
@@ -33,10 +28,7 @@
 // Up to MOE_PANEL_OUTER_ROWS token rows (padded to whole vectors), many_rows_matmul runs each
 // weight panel through its whole depth before the next (one contiguous run per weight column);
 // above, each depth block through all panels (detail::kPanelOuterRows). Same sums, same bits; 0
-// turns it off. Zen 4, 2 threads, moe_bench alternating 0 / 32 three rounds (2026-11-29):
-// N = 8 k = 2 T = 64 (experts of 14-19 rows) bf16 18.2-19.1 -> 17.7-18.0 ms, f32 32.6-33.9 ->
-// 32.2-33.0; Mixtral T = 64 f32 328-334 -> 316-318; N = 16 k = 4 T = 64 unchanged. 16 measured as
-// 32; at T = 96 and 128 (experts of 20-39 rows) 0 and 32 are within noise.
+// turns it off. Value determined experimentally (bench/RESULTS.md, "MOE_PANEL_OUTER_ROWS").
 #ifndef MOE_PANEL_OUTER_ROWS
 #define MOE_PANEL_OUTER_ROWS 32
 #endif
@@ -46,12 +38,10 @@
 // to nearest even) for those products, as PyTorch's and llama.cpp's bf16 paths do, for twice the
 // products per instruction. Define MOE_BF16_DOT 0 to keep every activation in float instead
 // (the result is then bitwise that of float weights holding the same values). The pairs pay on
-// Zen 4 and Zen 5 (about twice the float FMA rate) but not on every CPU that has them: on an Intel
-// Xeon, family 6 model 207 (2026-12-02), MOE_BF16_DOT 0 took the bf16 MoE layer at T = 512 from
-// 268 to 204 ms (moe_bench, N = 8 k = 2, medians of three alternating rounds; README, "On the
-// Intel host"). So the default follows AVX512-FP16, which that Xeon has (Intel's cores since
-// Sapphire Rapids) and Zen 4 and Zen 5 lack: with it 0, without it 1. A CPU with AVX512-BF16 and
-// no AVX512-FP16 that is not a Zen (Cooper Lake) gets the pairs, unmeasured. Define it to choose.
+// AMD's Zen 4 and Zen 5 (about twice the float FMA rate) but not on Intel's cores since Sapphire
+// Rapids, whose float FMAs are faster than their pairs (bench/RESULTS.md, "On the Intel host").
+// So the default follows AVX512-FP16, which those Intel cores have and the Zens lack: with it 0,
+// without it 1. Define it to choose.
 #ifndef MOE_BF16_DOT
 #if defined(__AVX512FP16__)
 #define MOE_BF16_DOT 0

@@ -97,9 +97,9 @@ class ThreadPool {
 
   /// Polls done() for up to kSpin, before a thread blocks on a condition variable: the worker
   /// waiting for the next loop, the caller for the workers to finish this one. A forward runs
-  /// several loops microseconds apart, and on this project's 2-core VM a thread that slept takes
-  /// 25 us (back to back) to 115 us (after 1 ms idle) to wake, ~1 us if it polled: an MoE forward
-  /// at T = 1 with small experts went from 123 to 66 us. kSpin bounds what an idle pool burns.
+  /// several loops microseconds apart, and a thread that slept takes tens of microseconds to wake,
+  /// one that polled about one (bench/RESULTS.md, "thread pool"). kSpin bounds what an idle pool
+  /// burns.
   template <class Done>
   static void spin_until(Done done) {
     if constexpr (kSpin.count() == 0) return;

@@ -32,7 +32,7 @@ struct MoEConfig {
   GluActivation activation;     ///< of every expert (routed and shared)
   bool scale_input = false;     ///< Llama 4: expert i computes E_i(G_i · x), combined with weight 1
 
-  /// The LLaMA-MoE layer of issue 2: softmax over N, top-k (compared on the logits), weights as
+  /// The LLaMA-MoE reference layer: softmax over N, top-k (compared on the logits), weights as
   /// TopKWeights says. (A constructor so `{k}` and `{k, weights}` need no partial initialisation.)
   MoEConfig(int k = 2, TopKWeights w = TopKWeights::kSoftmax, std::optional<double> s = std::nullopt)
       : top_k(k), router(RouterOptions::top_k_softmax(w)), scale(s) {}

@@ -1,6 +1,7 @@
 // moe — named MoEConfig settings that reproduce the router and expert semantics of real MoE
 // families' reference code (Hugging Face modeling_*.py, the official DeepSeek inference code,
-// LLaMA-MoE's smoe package). ../shared/DESIGN.md has the table; each function says what it sets.
+// LLaMA-MoE's smoe package). Each function says what it sets; the README's families table sums
+// them up.
 #pragma once
 
 #include <cstdint>

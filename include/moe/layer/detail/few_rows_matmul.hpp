@@ -26,21 +26,17 @@ namespace moe::detail {
 
 /// Each weight stream is prefetched this far ahead. Past a column's end the prefetch goes the same
 /// distance into column c + C instead, which the next tile streams: short columns (an expert's
-/// W_down has depth m = 1376) would otherwise start every tile from cold memory (bf16, one thread:
-/// 19 -> 29 GB/s at depth 1376).
+/// W_down has depth m = 1376) would otherwise start every tile from cold memory.
 constexpr Index kPrefetchBytes = 1024;
 
 #if defined(__AVX512F__) && defined(__GNUC__)
 /// Float weights off 64-byte boundaries (a safetensors file aligns its tensors to 8 bytes only: the
 /// tiny Llama fixture's sit at 56 mod 64) are loaded once per tile, for all its rows. GCC folds a weight
 /// load into every row's FMA as a memory operand, R loads of the same vector; on 64-byte-aligned
-/// weights that costs nothing, but off them each of the R loads straddles two cache lines. Zen 5,
-/// 2 threads, 540 MB of f32 weights at depth 4096, 8 or 16 bytes off, two alternating rounds,
-/// against aligned weights: 3 rows 0.63-0.65 -> 0.86-0.91, 4 rows 0.55-0.57 -> 0.86-0.89 (2 rows
-/// 0.87-0.90 either way); moe_bench MoE T = 8 on such views 10.4-11.3 -> 7.9-8.1 ms, aligned
-/// 7.9-8.5 ms. Aligned, loading once ran 0-5% slower than folding (a harness), so aligned
-/// weights keep the folded loads. A masked load cannot be folded into an FMA; its mask is all
-/// lanes, hidden from the compiler so that it does not turn the load back into a plain one.
+/// weights that costs nothing, but off them each of the R loads straddles two cache lines, and
+/// loading once is faster; aligned weights keep the folded loads, which are (bench/RESULTS.md,
+/// "unaligned weights"). A masked load cannot be folded into an FMA; its mask is all lanes,
+/// hidden from the compiler so that it does not turn the load back into a plain one.
 constexpr bool kLoadWeightsOnce = true;
 inline __mmask16 all_lanes_opaque() {
   __mmask16 m = 0xFFFF;
@@ -48,7 +44,7 @@ inline __mmask16 all_lanes_opaque() {
   return m;
 }
 #else
-/// (8-lane builds: their 16-register tiles have their own trade-offs; unmeasured, unchanged.)
+/// (8-lane builds keep the folded loads: their 16-register tiles have other trade-offs.)
 constexpr bool kLoadWeightsOnce = false;
 #endif
 
@@ -159,10 +155,7 @@ constexpr int kFewRowsColsFrom3 = 6;
 #else
 /// With 16 vector registers (AVX2, the portable fallback) the AVX-512 tiles spill: 2 x 8 needs 16
 /// sums and 8 weight vectors, 4 x 6 24 sums. 2 x 4 (8 sums, 4 weights, a row: 13 registers) and
-/// 4 x 3 (12 + 3 + 1 = 16) do not. Zen 3, 2 threads, 800 MB of f32 weights (400 MB bf16) at
-/// depth 4096, five rounds, medians, GB/s, old -> new tiles: f32 2 rows 16.3 -> 17.5, 4 rows
-/// 12.8 -> 15.0, 8 rows 7.6 -> 11.8; bf16 2 rows 17.8 -> 20.4, 4 rows 14.9 -> 15.2, 8 rows 7.4 ->
-/// 9.1; 1 row within noise (a plain read of the same bytes: 15-18 GB/s).
+/// 4 x 3 (12 + 3 + 1 = 16) do not (bench/RESULTS.md, "8-lane decode tiles").
 constexpr int kFewRowsColsUpTo2 = 4;
 constexpr int kFewRowsColsFrom3 = 3;
 #endif
@@ -177,15 +170,11 @@ void few_rows_matmul(const float* x, Index ldx, Index rows, const W* w, Index ld
       std::is_same_v<W, float> || std::is_same_v<W, Eigen::bfloat16> || std::is_same_v<W, Eigen::half>,
       "few_rows_matmul: weights are float, Eigen::bfloat16 or Eigen::half");
   // With AVX-512 (16 registers: the narrower tiles above).
-  // 1-2 rows: 8 weight columns in flight. 8 memory streams keep the prefetchers busy (4 reached
-  // ~0.65 of the read bandwidth at 2-4 rows, moe_bench T = 8), and 8 independent sums per row
-  // hide the FMA latency.
+  // 1-2 rows: 8 weight columns in flight. 8 memory streams keep the prefetchers busy, and 8
+  // independent sums per row hide the FMA latency.
   // 3 rows and more: 6 columns, in tiles of 4 rows. 4 x 6 sums, 6 weight vectors and a row fill
-  // 31 of AVX-512's 32 registers, so each weight vector is loaded once per k step. The 3 x 8 tile
-  // (33 registers) re-read each from L1 for every row (GCC made them FMA memory operands) and, for
-  // bf16, spilled a sum; and 4 rows ran as 3 + 1, streaming the weights twice. Weights in cache
-  // (1 thread, 24 columns of depth 4096): f32 3 rows 20 -> 27 GB/s; cold (2 threads, 1.5 GB of
-  // weights, against a plain read of the same seconds), 4 rows: f32 0.68 -> 0.75, bf16 0.67 -> 0.74.
+  // 31 of AVX-512's 32 registers, so each weight vector is loaded once per k step; a 3 x 8 tile
+  // (33 registers) re-reads them from L1 for every row (bench/RESULTS.md, "decode tiles").
   if (rows <= 2)
     return few_rows_tiles_for<2, kFewRowsColsUpTo2>(x, ldx, rows, w, ldw, depth, cols, out, out_row_stride,
                                                     out_col_stride);

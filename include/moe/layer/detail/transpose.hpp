@@ -14,8 +14,8 @@ namespace moe::detail {
 
 /// Row stride (in floats) for token rows of d values that a transpose writes: d plus one cache
 /// line. At d = 4096 rows d apart lie 16 KB apart, so the 16 rows a 16 x 16 transpose stores fall
-/// in one L1 set and alias each other's 4 KB offsets: a 128 x 256 block took 26 us that way on
-/// Zen 5, 2.3 us with the extra line.
+/// in one L1 set and alias each other's 4 KB offsets; one more line apart they do not
+/// (bench/RESULTS.md, "transposes").
 inline Index padded_row_stride(Index d) { return d + 16; }
 
 #if defined(__AVX512F__)
