@@ -18,7 +18,7 @@
 //
 // The context records the pool's thread count and the CPU (cpu_description), which this project's
 // VM has changed under the same name.
-// Run (then bench/report.py bench.json prints the README's tables):
+// Run (then bench/report.py bench.json prints the tables of bench/RESULTS.md):
 //   build/bench/moe_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //     --benchmark_out=bench.json
 #include <benchmark/benchmark.h>

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Turn moe_bench's JSON (--benchmark_out=FILE --benchmark_repetitions=N) into the README's
-Markdown table: median ms per call, MoE/dense, weight read rate as a fraction of StreamRead (the
-memory floor's measure), FLOP rate as a fraction of the dense FFN's at the same T (the compute
-floor's measure), all from the same run; then the cold decode cases (weights evicted before each
-call) beside the same cases warm.  usage: bench/report.py bench.json"""
+"""Turn moe_bench's JSON (--benchmark_out=FILE --benchmark_repetitions=N) into the Markdown
+tables of bench/RESULTS.md: median ms per call, MoE/dense, weight read rate as a fraction of
+StreamRead (the memory floor's measure), FLOP rate as a fraction of the dense FFN's at the same T
+(the compute floor's measure), all from the same run; then the cold decode cases (weights evicted
+before each call) beside the same cases warm.  usage: bench/report.py bench.json"""
 import json
 import re
 import sys

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's expert-construction table: moe_convert on tiny-llama for every method and router
+# The expert-construction table of bench/RESULTS.md: moe_convert on tiny-llama for every method and router
 # initialisation, N=8 k=2 and N=16 k=4, printed as markdown (means over the 4 layers, measured on
 # the held-out quarter of the calibration tokens).
 #

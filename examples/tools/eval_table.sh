@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's end-to-end table: bits/byte on tiny-llama's heldout.txt of the dense model and of
+# The end-to-end table of bench/RESULTS.md: bits/byte on tiny-llama's heldout.txt of the dense model and of
 # LLaMA-MoE checkpoints from every partition method and router initialisation, N=8 k=2 and
 # N=16 k=4, each evaluated with score_scale_factor 1 (no rescale), N/k (formula 6) and the
 # least-squares scale moe_convert fits ("auto").

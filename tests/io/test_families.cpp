@@ -395,7 +395,7 @@ TEST_CASE("load_hf_moe_block names what is wrong", "[families]") {
   CHECK_THROWS_WITH(load_hf_moe_block(cfg, v3file, v3.prefix), Catch::Contains("topk_group=5"));
 }
 
-// ---- the moe_block executable (registered by examples/CMakeLists.txt with MOE_BLOCK_TOOL) ----
+// ---- the moe_block executable (registered by tests/CMakeLists.txt with MOE_BLOCK_TOOL) ----
 
 namespace {
 

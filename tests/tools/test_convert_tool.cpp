@@ -3,7 +3,7 @@
 // whose layers reload; moe_eval reproduces Hugging Face's loss, evaluates converted checkpoints and
 // draws routing traces; moe_generate decodes greedily what the full forward predicts and samples
 // reproducibly; bad arguments and bad checkpoints are refused with a message. Exits 77 (skipped)
-// without the fixtures; registered by examples/CMakeLists.txt with MOE_CONVERT_TOOL, MOE_EVAL_TOOL
+// without the fixtures; registered by tests/CMakeLists.txt with MOE_CONVERT_TOOL, MOE_EVAL_TOOL
 // and MOE_GENERATE_TOOL set.
 #define CATCH_CONFIG_RUNNER
 #include <sys/wait.h>

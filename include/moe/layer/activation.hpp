@@ -34,7 +34,7 @@ struct GluActivation {
   }
 
   /// h for one (gate, up) pair, one function per kind, so a loop picks its kind once, outside the
-  /// element loop (detail::apply_glu_block in ffn.hpp).
+  /// element loop (detail::apply_glu_block in detail/ffn_blocks.hpp).
   template <class T>
   static T swiglu_value(T gate, T up) {
     return up * silu(gate);

@@ -95,7 +95,7 @@ class MoEWorkspace {
 /// + shared experts. Work is cut into fixed (expert, column block) tasks, so the output is bitwise
 /// identical for any ThreadPool size, including none.
 /// T: activations, router and shared experts. W: how the routed experts' weights are stored — T,
-/// or with T = float, Eigen::bfloat16 / Eigen::half (convert_weights, ffn.hpp): half the bytes per
+/// or with T = float, Eigen::bfloat16 / Eigen::half (convert_weights, ffn_weights.hpp): half the bytes per
 /// token at decode, each weight widened exactly and accumulated in float.
 template <class T, class W>
 class MoELayer {

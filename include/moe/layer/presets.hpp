@@ -1,6 +1,6 @@
 // moe — named MoEConfig settings that reproduce the router and expert semantics of real MoE
 // families' reference code (Hugging Face modeling_*.py, the official DeepSeek inference code,
-// LLaMA-MoE's smoe package). Each function says what it sets; the README's families table sums
+// LLaMA-MoE's smoe package). Each function says what it sets; layer/README.md's families table sums
 // them up.
 #pragma once
 
