@@ -70,7 +70,8 @@ enum class Renormalize {
   kPNorm,  ///< w / (sum |w|^p)^(1/p)   (DBRX moe_normalize_expert_weights)
 };
 
-/// The switches of a router (presets.hpp names the settings of each real family). Per token, with logits z (N values):
+/// The switches of a router (presets.hpp names the settings of each real family). Per token,
+/// with logits z (N values):
 ///   1. scores s = score(z) over all N (skipped when score_selected_only);
 ///   2. selection values v = (select == kScores && !score_selected_only ? s : z) + selection bias;
 ///   3. if n_group > 1: group score per group of N/n_group consecutive experts (max, or sum of the

@@ -135,8 +135,8 @@ struct ExpertScratch {
   template <class F>
   void with_expert(const ExpertPlan& plan, int e, Index d, Index m, F&& f) {
     const Index r0 = plan.row_offset(e), h0 = plan.hidden_offset(e);
-    with_scratch_layout(plan.rows(e), m, d, x.data() + r0 * d, g.data() + h0, h.data() + h0, y.data() + r0 * d,
-                        f);
+    with_scratch_layout(plan.rows(e), m, d, x.data() + r0 * d, g.data() + h0, h.data() + h0,
+                        y.data() + r0 * d, f);
   }
 
   /// Row `local` of expert e's outputs as token rows: where the down stage copied it past
